@@ -1,4 +1,111 @@
-"""The ``mmrm`` command."""
-import typer
+"""The ``mmrm`` command: build tiny models, train, score, and run the demo."""
 
-app = typer.Typer(no_args_is_help=True, help="mmrm: multimodal reward models and judges.")
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="mmrm: multimodal reward models and judges.")
+console = Console(stderr=True)
+
+
+def _fail(e: Exception) -> None:
+    console.print(f"[red]error:[/red] {e}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def tiny(
+    arch: str = typer.Argument(..., help="qwen2, qwen2_vl or qwen2_5_vl"),
+    out: Path = typer.Argument(..., help="Output checkpoint directory."),
+    seed: int = typer.Option(0, help="Weights seed (same seed, same weights)."),
+    size: str = typer.Option("tiny", help="tiny (tests) or small (~25M, benchmarks)."),
+) -> None:
+    """Build a tiny model of a real architecture locally (no network)."""
+    from mmrm.rm.tiny import build_tiny_model
+
+    if arch not in ("qwen2", "qwen2_vl", "qwen2_5_vl") or size not in ("tiny", "small"):
+        _fail(ValueError(f"unknown arch/size {arch!r}/{size!r}"))
+    path = build_tiny_model(arch, out, seed=seed, size=size)  # type: ignore[arg-type]
+    typer.echo(str(path))
+
+
+@app.command()
+def train(config: Path = typer.Option(..., "--config", "-c", help="Training YAML (see mmrm.train.TrainConfig).")) -> None:
+    """Train a reward model (Bradley-Terry), in-process or on Ray Train; resumes if stopped."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from mmrm.rm.errors import MmrmError
+    from mmrm.train import TrainConfig, train as run_train
+
+    try:
+        cfg = TrainConfig.from_yaml(config)
+    except (MmrmError, ValueError) as e:
+        _fail(e)
+    with Progress(TextColumn("training"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console) as progress:
+        task = progress.add_task("train", total=None, info="")
+
+        def on_step(rec: dict[str, float]) -> None:
+            info = f"loss {rec['loss']:.4f}" + (f" acc {rec['eval_accuracy']:.3f}" if "eval_accuracy" in rec else "")
+            progress.update(task, completed=int(rec["step"]), info=info)
+
+        try:
+            result = run_train(cfg, on_step=on_step)
+        except MmrmError as e:
+            _fail(e)
+        progress.update(task, total=result.total_steps)
+    table = Table(title="training summary")
+    for k in ("checkpoint", "steps", "total_steps", "final_loss", "eval_accuracy", "seconds"):
+        table.add_row(k, str(result.to_dict()[k]))
+    console.print(table)
+
+
+@app.command()
+def score(
+    checkpoint: Path = typer.Argument(..., help="Reward checkpoint directory."),
+    input: Path = typer.Option(..., "--input", "-i", help="JSONL: {prompt, response} or {messages} per line; - for stdin."),
+    media_root: list[Path] = typer.Option([], help="Folders local image paths may come from."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
+    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+) -> None:
+    """Score samples with a reward model; prints one JSON result per line."""
+    from mmrm.rm.errors import MmrmError
+    from mmrm.rm.media import MediaPolicy
+    from mmrm.rm.reward_model import RewardModel
+    from mmrm.rm.types import Sample
+
+    lines = (sys.stdin.read() if str(input) == "-" else input.read_text()).splitlines()
+    try:
+        samples = []
+        for i, line in enumerate(l for l in lines if l.strip()):
+            row = json.loads(line)
+            samples.append(Sample.from_messages(row["messages"]) if "messages" in row else Sample.model_validate(row))
+        rm = RewardModel.from_pretrained(checkpoint, device=device, dtype=dtype,  # type: ignore[arg-type]
+                                         media_policy=MediaPolicy(allowed_roots=[p.resolve() for p in media_root]))
+    except (MmrmError, ValueError, KeyError) as e:
+        _fail(e)
+    for r in rm.score_results(samples):
+        typer.echo(r.model_dump_json())
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path(".mmrm-demo"), help="Where the demo model and data live."),
+    epochs: int = typer.Option(5, help="Training epochs for the demo model (5 reaches >= 0.90)."),
+    limit: Optional[int] = typer.Option(None, help="Use only this many digit images (quick smoke runs)."),
+) -> None:
+    """Build the digits demo reward model if absent, then score a real held-out digit image."""
+    from mmrm.train.demo import run_demo
+
+    run_demo(workdir, epochs=epochs, limit=limit, console=console)
+
+
+if __name__ == "__main__":
+    app()

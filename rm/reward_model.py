@@ -363,13 +363,12 @@ class RewardModel(nn.Module):
             if isinstance(v, float):
                 out[i] = ScoreResult(value=v, provenance=prov)
             else:
-                kind = getattr(v, "kind", "backend_error")
-                out[i] = ScoreResult(value=None, invalid=str(v), error_kind=kind, provenance=prov)
+                out[i] = ScoreResult.failed(v, prov)
         return out  # type: ignore[return-value]
 
     def score(self, samples: Sequence[Sample]) -> list[float]:
         """Rewards, one per sample. Raises the first item's error if any item cannot be scored."""
-        return [_value_or_raise(r, self, s) for r, s in zip(self.score_results(samples), samples)]
+        return [r.raise_for_invalid() for r in self.score_results(samples)]
 
     def compare_results(self, pairs: Sequence[Pair]) -> list[ScoreResult]:
         """P(A > B) = sigmoid(r_A - r_B) per pair; both sides of every pair go through one batched pass."""
@@ -384,27 +383,19 @@ class RewardModel(nn.Module):
                                        details={"reward_a": a.value, "reward_b": b.value}))
             else:
                 bad, side = (a, "response_a") if not a.ok else (b, "response_b")
-                out.append(ScoreResult(value=None, invalid=f"{side}: {bad.invalid}", error_kind=bad.error_kind,
-                                       provenance=bad.provenance))
+                err = bad._error or MmrmError(bad.invalid or "scoring failed")
+                out.append(ScoreResult.failed(err, bad.provenance, prefix=f"{side}: "))
         return out
 
     def compare(self, pairs: Sequence[Pair]) -> list[float]:
         """P(A > B) per pair. Raises if a pair cannot be scored."""
-        return [_value_or_raise(r, self, None) for r in self.compare_results(pairs)]
+        return [r.raise_for_invalid() for r in self.compare_results(pairs)]
 
     def score_group(self, prompt: list[Message] | str, responses: Sequence[Any], *, eps: float = 1e-6) -> GroupScores:
         """Raw and group-normalized rewards of N responses to one prompt (a GRPO group)."""
         group = Group(prompt=prompt, responses=[as_response(r) for r in responses])
         raw = self.score(group.samples())
         return GroupScores(raw=raw, normalized=group_normalize(raw, eps=eps))
-
-
-def _value_or_raise(r: ScoreResult, rm: RewardModel, sample: Sample | None) -> float:
-    if r.ok:
-        return float(r.value)  # type: ignore[arg-type]
-    if sample is not None:
-        rm.encode(sample)  # re-raise the typed error with its field and limit
-    raise MmrmError(r.invalid or "scoring failed")
 
 
 def _hidden_size(model: nn.Module) -> int:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 Role = Literal["system", "user", "assistant"]
 
@@ -71,7 +71,9 @@ class VideoPart(_Strict):
 
     type: Literal["video"] = "video"
     video: list[str] | str = Field(description="Frame sources (images) or one video source.")
-    fps: float | None = Field(default=None, gt=0, description="Frame rate of the given frames.")
+    fps: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False, description="Frame rate of the given frames."
+    )
 
     @field_validator("video")
     @classmethod
@@ -86,11 +88,26 @@ class VideoPart(_Strict):
 ContentPart = Annotated[Union[TextPart, ImagePart, VideoPart], Field(discriminator="type")]
 
 
+def _infer_part_type(part: Any) -> Any:
+    # vLLM also accepts an image part with no "type": ``{"image_url": "https://..."}``
+    # (vllm/entrypoints/chat_utils.py, CustomChatCompletionContentSimpleImageParam).
+    if isinstance(part, dict) and "type" not in part and "image_url" in part:
+        return {"type": "image_url", **part}
+    return part
+
+
 class Message(_Strict):
     """One chat message. ``content`` is a string or a list of content parts."""
 
     role: Role
     content: str | list[ContentPart]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _infer_types(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("content"), list):
+            data = {**data, "content": [_infer_part_type(p) for p in data["content"]]}
+        return data
 
     @property
     def parts(self) -> list[TextPart | ImagePart | VideoPart]:
@@ -129,6 +146,14 @@ def as_response(value: Any) -> Message:
     return msg
 
 
+def _coerce_response(value: Any) -> Message:
+    # Inside a validator a TypeError would escape pydantic as a bare TypeError (a 500, not a 422).
+    try:
+        return as_response(value)
+    except TypeError as e:
+        raise ValueError(str(e)) from e
+
+
 def _check_prompt(prompt: list[Message]) -> list[Message]:
     if not prompt:
         raise ValueError("prompt must have at least one message")
@@ -158,7 +183,7 @@ class Sample(_Strict):
             if "prompt" in data:
                 data["prompt"] = _coerce_prompt(data["prompt"])
             if "response" in data and not isinstance(data["response"], Message):
-                data["response"] = as_response(data["response"])
+                data["response"] = _coerce_response(data["response"])
         return data
 
     _v_prompt = field_validator("prompt")(_check_prompt)
@@ -193,7 +218,7 @@ class Pair(_Strict):
                 data["prompt"] = _coerce_prompt(data["prompt"])
             for k in ("response_a", "response_b"):
                 if k in data and not isinstance(data[k], Message):
-                    data[k] = as_response(data[k])
+                    data[k] = _coerce_response(data[k])
         return data
 
     _v_prompt = field_validator("prompt")(_check_prompt)
@@ -219,7 +244,7 @@ class Group(_Strict):
             if "prompt" in data:
                 data["prompt"] = _coerce_prompt(data["prompt"])
             if isinstance(data.get("responses"), list):
-                data["responses"] = [r if isinstance(r, Message) else as_response(r) for r in data["responses"]]
+                data["responses"] = [r if isinstance(r, Message) else _coerce_response(r) for r in data["responses"]]
         return data
 
     _v_prompt = field_validator("prompt")(_check_prompt)
@@ -258,6 +283,25 @@ class ScoreResult(BaseModel):
     error_kind: str | None = Field(default=None, description="Machine-readable kind of the failure.")
     details: dict[str, Any] = Field(default_factory=dict, description="Scorer-specific extras.")
     provenance: Provenance
+    _error: Exception | None = PrivateAttr(default=None)
+
+    @classmethod
+    def failed(cls, error: Exception, provenance: Provenance, *, prefix: str = "", **details: Any) -> "ScoreResult":
+        """An invalid result carrying ``error`` (its message, its kind, and the exception itself)."""
+        msg = f"{prefix}{error}"
+        r = cls(value=None, invalid=msg, error_kind=getattr(error, "kind", "backend_error"), provenance=provenance, details=details)
+        r._error = error
+        return r
+
+    def raise_for_invalid(self) -> float:
+        """The value, or raise the error that made this result invalid."""
+        if self.invalid is None:
+            return float(self.value)  # type: ignore[arg-type]
+        if self._error is not None:
+            raise self._error
+        from mmrm.rm.errors import MmrmError
+
+        raise MmrmError(self.invalid)
 
     @model_validator(mode="after")
     def _one_of(self) -> "ScoreResult":

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create .venv with mmrm and its dependencies. Idempotent: a second run only checks.
+#   scripts/setup.sh          the project (serve, score, train)
+#   scripts/setup.sh --dev    + test dependencies and the separate vLLM (CPU) environment for judge tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+# torch + torchvision first, pinned together: transformers' Qwen2-VL processors need a torchvision
+# that imports beside torch (see the README's environment notes).
+.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+if [ "${1:-}" = "--dev" ]; then
+  .venv/bin/python -m pip install -q -e ".[dev]"
+  if [ -f tests/vllm_server.py ]; then
+    .venv/bin/python tests/vllm_server.py --install
+  fi
+else
+  .venv/bin/python -m pip install -q -e .
+fi
+echo "mmrm installed in .venv ($(.venv/bin/python -c 'import mmrm; print(mmrm.__version__)'))"
