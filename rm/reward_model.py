@@ -23,6 +23,7 @@ from mmrm.rm.errors import ConfigError, InputTooLong, MmrmError
 from mmrm.rm.heads import HeadType, RewardHead, pool_last_token
 from mmrm.rm.media import MediaLoader, MediaPolicy
 from mmrm.rm.normalize import group_normalize
+from mmrm.rm.results import pair_result
 from mmrm.rm.types import Group, Message, Pair, Provenance, Sample, ScoreResult, as_response
 
 log = logging.getLogger(__name__)
@@ -374,18 +375,7 @@ class RewardModel(nn.Module):
         """P(A > B) = sigmoid(r_A - r_B) per pair; both sides of every pair go through one batched pass."""
         flat = [s for p in pairs for s in p.samples()]
         res = self.score_results(flat)
-        out = []
-        for k in range(len(pairs)):
-            a, b = res[2 * k], res[2 * k + 1]
-            if a.ok and b.ok:
-                prob = 1.0 / (1.0 + math.exp(-(a.value - b.value)))  # type: ignore[operator]
-                out.append(ScoreResult(value=prob, prob_a_wins=prob, provenance=a.provenance,
-                                       details={"reward_a": a.value, "reward_b": b.value}))
-            else:
-                bad, side = (a, "response_a") if not a.ok else (b, "response_b")
-                err = bad._error or MmrmError(bad.invalid or "scoring failed")
-                out.append(ScoreResult.failed(err, bad.provenance, prefix=f"{side}: "))
-        return out
+        return [pair_result(res[2 * k], res[2 * k + 1]) for k in range(len(pairs))]
 
     def compare(self, pairs: Sequence[Pair]) -> list[float]:
         """P(A > B) per pair. Raises if a pair cannot be scored."""

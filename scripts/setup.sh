@@ -15,7 +15,7 @@ fi
 if [ "${1:-}" = "--dev" ]; then
   .venv/bin/python -m pip install -q -e ".[dev]"
   if [ -f tests/vllm_server.py ]; then
-    .venv/bin/python tests/vllm_server.py --install
+    .venv/bin/python tests/vllm_server.py install
   fi
 else
   .venv/bin/python -m pip install -q -e .

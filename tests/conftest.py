@@ -50,3 +50,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+# --------------------------------------------------------------------------------------------------
+# Judges: one real vLLM (CPU) OpenAI-compatible server per test session (tests/vllm_server.py).
+# It lives in its own venv (vLLM pins its own torch); CI pre-creates it with
+# `python tests/vllm_server.py install`, and the fixture creates it itself when it is missing.
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory, tiny_qwen2: Path):
+    """A running vLLM server for the text-only tiny Qwen2 on 127.0.0.1 (``.base_url``, ``.model``)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import vllm_server as vs
+
+    server = vs.start_server(tiny_qwen2, log_path=tmp_path_factory.mktemp("vllm") / "server.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
