@@ -293,7 +293,10 @@ class RewardModel(nn.Module):
             prefix = self.encoder.render(sample.prompt, add_generation_prompt=True)
             if full.startswith(prefix):
                 suffix = len(self.encoder.tokenizer(full[len(prefix):], add_special_tokens=False)["input_ids"])
-        enc = self.encoder.encode(messages, strip_end=True, protected_suffix=suffix)
+        try:
+            enc = self.encoder.encode(messages, strip_end=True, protected_suffix=suffix)
+        except MmrmError as e:
+            raise _sample_field(e, len(sample.prompt))
         if int(enc.input_ids[-1]) != self.pool_token_id:
             # Never pool a token other than the one the head was trained on.
             raise InputTooLong(
@@ -386,6 +389,18 @@ class RewardModel(nn.Module):
         group = Group(prompt=prompt, responses=[as_response(r) for r in responses])
         raw = self.score(group.samples())
         return GroupScores(raw=raw, normalized=group_normalize(raw, eps=eps))
+
+
+def _sample_field(e: MmrmError, n_prompt: int) -> MmrmError:
+    """Rename the encoder's ``messages[k]`` field to the Sample's own ``prompt[k]`` / ``response``."""
+    import re
+
+    if e.field:
+        m = re.match(r"messages\[(\d+)\](.*)", e.field)
+        if m:
+            k, rest = int(m.group(1)), m.group(2)
+            e.field = f"prompt[{k}]{rest}" if k < n_prompt else f"response{rest}"
+    return e
 
 
 def _hidden_size(model: nn.Module) -> int:

@@ -148,7 +148,7 @@ def test_frozen_backbone_trains_head_only(tiny_qwen2_vl: Path, digits_small: tup
 
 
 @pytest.mark.slow
-def test_ray_train_two_workers_matches_one(tiny_qwen2_vl: Path, digits_small: tuple[Path, Path], tmp_path: Path) -> None:
+def test_ray_train_two_workers_matches_one(ray_cluster, tiny_qwen2_vl: Path, digits_small: tuple[Path, Path], tmp_path: Path) -> None:
     """2 DDP workers on Ray Train follow the single-worker trajectory.
 
     Each worker takes half of every batch and DDP averages the gradients, so each update equals the
@@ -158,16 +158,10 @@ def test_ray_train_two_workers_matches_one(tiny_qwen2_vl: Path, digits_small: tu
     We allow drift below 1% of how far training moved the rewards; workers that saw the wrong
     shard follow a different trajectory and land far outside that.
     """
-    import ray
-
     one = _cfg(tiny_qwen2_vl, digits_small, tmp_path / "one", epochs=1, batch_size=8, stop_after_steps=None)
     two = one.model_copy(update={"output_dir": tmp_path / "two", "num_workers": 2})
     r1 = train(one)
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    try:
-        r2 = train(two)
-    finally:
-        ray.shutdown()
+    r2 = train(two)
     assert r2.checkpoint is not None and (tmp_path / "two" / "mmrm_reward.json").exists()
     assert r2.steps == r1.steps
     pairs = [p.pair for p in load_pairs(digits_small[1])[:8]]

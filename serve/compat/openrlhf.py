@@ -1,0 +1,293 @@
+"""OpenRLHF's remote reward-model protocol (``--reward.remote_url``, formerly ``--remote_rm_url``).
+
+Matched against OpenRLHF/OpenRLHF at commit ``3c3be6234e0cb353e76bb8019947db9dfe99fca7``
+(2026-08-13), field by field:
+
+* ``openrlhf/utils/agent.py`` -- ``SingleTurnAgentExecutor._fetch_rewards_via_http`` sends
+  ``POST <url>`` with JSON ``{"query": [...], "prompts": [...], "labels": [...]}`` (aiohttp, 180 s
+  timeout; any failure, 4xx included, is retried 5 times 1 s apart, then the sample is left without a
+  reward). ``execute`` builds each query as ``tokenizer.decode(prompt_ids + response_ids,
+  skip_special_tokens=False)``: the FULL chat-templated text, so the response ends with the EOS
+  token (``<|im_end|>``), and for a VLM the image placeholder appears *expanded* (one
+  ``<|image_pad|>`` per visual token) while ``prompts[i]`` holds the unexpanded template text. It
+  sends one query per request today; with several URLs the shards after the first can be EMPTY
+  lists, so ``{"query": [], ...}`` must answer ``{"rewards": [], ...}``.
+* The same function reads the answer as ``reward = body["rewards"]``, ``scores = body["scores"]``
+  (falling back to ``rewards``), ``extra_logs = body["extra_logs"] or {}``; other top-level keys are
+  ignored. ``openrlhf/trainer/ppo_utils/samples_generator.py::_process_response_into_experience``
+  then calls ``torch.tensor([reward])``, ``torch.tensor([score])`` and ``torch.tensor([value])`` for
+  every ``extra_logs`` value: so every value must be a number (or a list of numbers); a ``null`` or
+  a string crashes the training step. ``rewards`` feed the advantage; ``scores`` drive dynamic
+  filtering (``--algo.dynamic_filtering_range``, default ``(0, 1)``, applied to the mean score of a
+  prompt's samples) and the logged ``score``; ``extra_logs`` are logged metrics.
+* ``openrlhf/cli/serve_rm.py`` (the reference server, ``POST /get_reward``) reads only ``query``
+  and answers ``{"rewards": r, "scores": r, "extra_logs": {"dummy_scores": r}}`` with lists aligned
+  with ``query``. ``examples/python/reward_func.py`` documents ``scores`` as "0-1 reward ... for
+  dynamic filtering". The older client (``openrlhf/utils/remote_rm_utils.py::request_api_wrapper``,
+  before ``a458821e``) sent the same three keys and also tensorized every ``extra_logs`` value.
+
+mmrm's choices:
+
+* ``rewards`` = the scorer's raw value; ``scores`` = ``sigmoid(reward)`` by default, a number in
+  (0, 1) as dynamic filtering expects (a raw reward compared with the default range ``(0, 1)`` would
+  filter out most prompts); ``scores="reward"`` copies ``rewards`` as ``serve_rm.py`` does.
+* ``extra_logs`` holds only lists of numbers aligned with ``query``.
+* Failed items: by default the request fails (see :func:`mmrm.serve.compat.raise_for_failed`: 422
+  for input errors, 5xx for runtime errors), because a ``null`` reward would crash OpenRLHF inside
+  ``torch.tensor``. Opt-in ``on_invalid="fill"`` answers ``fill_value`` for failed items, flags
+  them in ``extra_logs["mmrm_invalid"]`` (1.0 = failed) and lists them in a top-level ``errors``
+  key (ignored by OpenRLHF, read by people).
+* mmrm extension: ``images`` beside ``query``, one entry per query: a list of image sources (any
+  form :mod:`mmrm.rm.media` accepts), a single source, or null. They fill the prompt's image
+  placeholders in order; a prompt with no placeholder gets them in front of its first user turn.
+  OpenRLHF itself does not send images (its VLM prompts carry only placeholders).
+* ``labels`` are kept on the request (``req.labels``) for reference-guided judges; reward models
+  ignore them.
+
+Converting a query into a :class:`~mmrm.rm.types.Sample`: :func:`split_query` cuts ``prompts[i]``
+off the front of ``query[i]``; the remainder, without trailing EOS tokens, is the response. The
+prompt text is read back into messages with :func:`mmrm.serve.compat.parse_rendered_chat` (a
+trailing generation prompt such as ``<|im_start|>assistant\\n`` is dropped; any text it prefills,
+e.g. Qwen3's empty ``<think></think>``, is kept at the start of the response); a prompt in no known
+template becomes one user message holding the raw prompt text. Without ``prompts``, the query itself
+must be a rendered conversation whose last turn is the assistant's. When the prompt is not a prefix
+of the query (e.g. OpenRLHF truncated a prompt longer than ``max_len - max_new_tokens`` from the
+left) the request fails with 422 naming ``query[i]``.
+
+>>> req = RewardRequest.model_validate({
+...     "query": ["<|im_start|>user\\n2+2?<|im_end|>\\n<|im_start|>assistant\\n4<|im_end|>"],
+...     "prompts": ["<|im_start|>user\\n2+2?<|im_end|>\\n<|im_start|>assistant\\n"],
+...     "labels": ["4"]})
+>>> s = to_samples(req)[0]
+>>> [(m.role, m.content) for m in s.messages]
+[('user', '2+2?'), ('assistant', '4')]
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from mmrm.rm.errors import InvalidInput, MmrmError
+from mmrm.rm.types import Sample, ScoreResult
+from mmrm.serve.compat import (
+    _PAD_TOKENS,
+    Turn,
+    failure_of,
+    parse_rendered_chat,
+    raise_for_failed,
+    strip_end_tokens,
+    to_messages,
+)
+
+__all__ = ["ItemError", "RewardRequest", "RewardResponse", "split_query", "to_response", "to_samples"]
+
+#: Where OpenRLHF's reference server listens; the route mmrm offers under the same path.
+ROUTE = "/get_reward"
+
+
+class RewardRequest(BaseModel):
+    """The body OpenRLHF POSTs to its remote reward model (plus mmrm's optional ``images``).
+
+    Unknown keys are accepted and ignored (``unknown_fields()`` names them, for a log line), like
+    OpenRLHF's own server, which reads only ``query``.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    query: list[str] = Field(description="Full chat-templated texts: prompt + response, as the policy's tokenizer decoded them.")
+    prompts: list[str] | None = Field(default=None, description="The prompt text of each query (a prefix of it).")
+    labels: list[Any] | None = Field(default=None, description="Dataset labels (references); unused by reward models.")
+    images: list[list[str] | str | None] | None = Field(
+        default=None, description="mmrm extension: per query, the image sources of its prompt (or null)."
+    )
+
+    @model_validator(mode="after")
+    def _aligned(self) -> "RewardRequest":
+        for name in ("prompts", "labels", "images"):
+            v = getattr(self, name)
+            if v is not None and len(v) != len(self.query):
+                raise InvalidInput(f"{name} has {len(v)} entries but query has {len(self.query)}; they are parallel lists",
+                                   field=name, limit=len(self.query))
+        return self
+
+    def unknown_fields(self) -> list[str]:
+        return sorted(self.model_extra or {})
+
+    def images_of(self, i: int) -> list[str]:
+        v = self.images[i] if self.images is not None else None
+        if v is None:
+            return []
+        return [v] if isinstance(v, str) else list(v)
+
+
+class ItemError(BaseModel):
+    """One failed item in ``errors`` (only with ``on_invalid="fill"``)."""
+
+    index: int
+    kind: str
+    message: str
+    field: str | None = None
+
+
+class RewardResponse(BaseModel):
+    """The answer OpenRLHF reads: three lists aligned with ``query`` (and ``errors`` in fill mode)."""
+
+    rewards: list[float] = Field(description="The RL reward per query: the scorer's raw value.")
+    scores: list[float] = Field(description="Per query: sigmoid(reward) (dynamic filtering, logging), or the reward.")
+    extra_logs: dict[str, list[float]] = Field(default_factory=dict, description="Numeric per-query metrics to log.")
+    errors: list[ItemError] | None = Field(default=None, description="Failed items (fill mode only); OpenRLHF ignores it.")
+
+
+def _prefix_pattern(prompt: str) -> re.Pattern[str]:
+    # The prompt, with each run of a processor's pad token allowed to be any length >= 1.
+    pads = "|".join(re.escape(t) for t in _PAD_TOKENS)
+    pieces = re.split(f"((?:{pads})+)", prompt)
+    out = []
+    for k, piece in enumerate(pieces):
+        if k % 2:
+            tok = next(t for t in _PAD_TOKENS if piece.startswith(t))
+            out.append(f"(?:{re.escape(tok)})+")
+        elif piece:
+            out.append(re.escape(piece))
+    return re.compile("".join(out), re.DOTALL)
+
+
+def split_query(query: str, prompt: str, *, field: str = "query") -> str:
+    """The response part of an OpenRLHF query: ``query`` minus its prefix ``prompt``.
+
+    The prefix may differ from ``prompt`` only in the length of image-pad runs (a VLM processor
+    expands one ``<|image_pad|>`` into one per visual token before generation, and the query is
+    decoded from those tokens). Raises :class:`~mmrm.rm.errors.InvalidInput` naming ``field`` when
+    the prompt is not a prefix. End-of-turn tokens are NOT stripped here (see :func:`to_samples`).
+
+    >>> split_query("<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\nHello<|im_end|>",
+    ...             "<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n")
+    'Hello<|im_end|>'
+    >>> split_query("<|vision_start|><|image_pad|><|image_pad|><|vision_end|>What?A cat",
+    ...             "<|vision_start|><|image_pad|><|vision_end|>What?")
+    'A cat'
+    >>> split_query("something else", "Q: ", field="query[3]")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    mmrm.rm.errors.InvalidInput: the query does not start with its prompt ...
+    """
+    if query.startswith(prompt):
+        return query[len(prompt):]
+    m = _prefix_pattern(prompt).match(query)
+    if m is not None:
+        return query[m.end():]
+    raise InvalidInput("the query does not start with its prompt (was the prompt truncated to fit max_len, or "
+                       "rendered differently?); mmrm needs the prompt as a prefix to find the response", field=field)
+
+
+def _sample(i: int, req: RewardRequest) -> Sample:
+    query = req.query[i]
+    images = req.images_of(i)
+    if req.prompts is not None:
+        prompt = req.prompts[i]
+        response = split_query(query, prompt, field=f"query[{i}]")
+        try:
+            rc = parse_rendered_chat(prompt)
+        except MmrmError as e:
+            raise e.with_field_prefix(f"prompts[{i}]")
+        if rc is None:
+            turns = [Turn("user", prompt, closed=True)]
+        else:
+            turns = list(rc.turns)
+            if turns and turns[-1].role == "assistant" and not turns[-1].closed:
+                response = turns.pop().content + response  # generation prompt (and any prefill)
+            if not turns or turns[-1].role == "assistant" or not all(t.closed for t in turns):
+                raise InvalidInput("the prompt must end with a complete user/system turn, optionally followed by the "
+                                   "generation prompt", field=f"prompts[{i}]")
+    else:
+        try:
+            rc = parse_rendered_chat(query)
+        except MmrmError as e:
+            raise e.with_field_prefix(f"query[{i}]")
+        if rc is None or len(rc.turns) < 2 or rc.turns[-1].role != "assistant":
+            raise InvalidInput("without prompts, a query must be a conversation rendered with a chat template mmrm "
+                               "reads (ChatML, Llama-3, Gemma) whose last turn is the assistant's; send prompts",
+                               field=f"query[{i}]")
+        turns = list(rc.turns[:-1])
+        response = rc.turns[-1].content
+        if not all(t.closed for t in turns):
+            raise InvalidInput("an earlier turn of the query is not closed", field=f"query[{i}]")
+    messages = to_messages(turns, images=images, field=f"images[{i}]")
+    try:
+        return Sample(prompt=messages, response=strip_end_tokens(response))
+    except ValidationError as e:
+        raise InvalidInput(e.errors()[0].get("msg", "invalid sample"), field=f"query[{i}]") from e
+
+
+def to_samples(req: RewardRequest) -> list[Sample]:
+    """One :class:`~mmrm.rm.types.Sample` per query, in order (empty for an empty ``query``).
+
+    Raises :class:`~mmrm.rm.errors.InvalidInput` (or a subclass) naming ``query[i]``,
+    ``prompts[i]`` or ``images[i]``.
+    """
+    return [_sample(i, req) for i in range(len(req.query))]
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+def to_response(
+    results: Sequence[ScoreResult],
+    *,
+    scores: Literal["sigmoid", "reward"] = "sigmoid",
+    on_invalid: Literal["error", "fill"] = "error",
+    fill_value: float | None = None,
+) -> dict[str, Any]:
+    """The JSON body OpenRLHF expects, from one result per query.
+
+    Args:
+        scores: ``"sigmoid"`` (default): ``scores[i] = sigmoid(rewards[i])``, in (0, 1) for dynamic
+            filtering; ``"reward"``: the raw reward, as OpenRLHF's ``serve_rm.py`` answers.
+        on_invalid: ``"error"`` (default) raises the first failure (the request fails);
+            ``"fill"`` answers ``fill_value`` for failed items and reports them (see module doc).
+        fill_value: the reward of a failed item (its score follows ``scores``); required with
+            ``on_invalid="fill"``.
+
+    >>> from mmrm.rm.types import Provenance
+    >>> prov = Provenance(scorer="rm", kind="reward_model", fingerprint="f", mmrm_version="0", engine="hf")
+    >>> to_response([ScoreResult(value=0.0, provenance=prov)])
+    {'rewards': [0.0], 'scores': [0.5], 'extra_logs': {}}
+    """
+    if on_invalid == "fill":
+        if fill_value is None or not math.isfinite(fill_value):
+            raise ValueError(f"on_invalid='fill' needs a finite fill_value, got {fill_value!r}")
+    elif on_invalid != "error":
+        raise ValueError(f"on_invalid must be 'error' or 'fill', got {on_invalid!r}")
+    if scores not in ("sigmoid", "reward"):
+        raise ValueError(f"scores must be 'sigmoid' or 'reward', got {scores!r}")
+    if on_invalid == "error":
+        raise_for_failed(results, field="query")
+
+    rewards: list[float] = []
+    flags: list[float] = []
+    errors: list[ItemError] = []
+    for i, r in enumerate(results):
+        err = failure_of(r, field=f"query[{i}]")
+        if err is None:
+            rewards.append(float(r.value))  # type: ignore[arg-type]
+            flags.append(0.0)
+        else:
+            rewards.append(float(fill_value))  # type: ignore[arg-type]
+            flags.append(1.0)
+            errors.append(ItemError(index=i, kind=err.kind, message=err.message, field=err.field))
+    body = RewardResponse(
+        rewards=rewards,
+        scores=[_sigmoid(x) for x in rewards] if scores == "sigmoid" else list(rewards),
+        extra_logs={"mmrm_invalid": flags} if on_invalid == "fill" else {},
+        errors=errors or None,
+    )
+    return body.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,205 @@
+"""The service configuration: mmrm's ``args`` block inside a Ray Serve config file.
+
+One YAML file runs everywhere (``mmrm serve``, ``serve deploy``, a KubeRay RayService)::
+
+    http_options: {host: 127.0.0.1, port: 8000}
+    applications:
+    - name: mmrm
+      route_prefix: /
+      import_path: mmrm.serve.app:build_app
+      args:                       # <- ServiceConfig, validated here
+        models:
+        - name: digits
+          checkpoint: /models/digits
+          num_cpus: 2
+        auth: {token_env: MMRM_API_TOKEN}
+
+Secrets never live in the file: ``auth.token_env`` names the environment variable holding the
+bearer token, which is read in the ingress process at start-up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mmrm.judges.backends.openai import OpenAIBackendConfig
+from mmrm.judges.judge import JudgeConfig as JudgeOptions
+from mmrm.judges.rubrics import list_rubrics
+from mmrm.rm.errors import ConfigError
+from mmrm.rm.media import MediaPolicy
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Autoscaling(_Strict):
+    min_replicas: int = Field(default=1, ge=0)
+    max_replicas: int = Field(default=1, ge=1)
+    target_ongoing_requests: float = Field(default=8, gt=0)
+
+
+class BatchKnobs(_Strict):
+    """Knobs that change on a live replica without a restart (Serve's ``reconfigure``)."""
+
+    max_batch_size: int = Field(default=32, ge=1, le=4096, description="Items per dynamic batch.")
+    batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=10, description="Wait for a batch to fill.")
+    max_batch_tokens: int = Field(default=16384, ge=1, description="Padded tokens per forward pass.")
+
+
+class ModelConfig(BatchKnobs):
+    """A reward model served as one Ray Serve deployment."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Model id used in requests.")
+    kind: Literal["reward_model"] = "reward_model"
+    checkpoint: Path = Field(description="Reward checkpoint directory (mmrm format or seq-classification).")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = Field(default="auto", description="auto, cpu, cuda.")
+    max_length: int | None = Field(default=None, gt=0, description="Override the checkpoint's max_length.")
+    truncation: Literal["refuse", "left"] | None = None
+    num_replicas: int | None = Field(default=1, ge=1, description="Fixed replica count (unset with autoscaling).")
+    autoscaling: Autoscaling | None = None
+    # Ray gives torch one thread per CPU of the replica: size this deliberately.
+    num_cpus: float = Field(default=1, gt=0, description="CPUs per replica (= torch threads on the CPU).")
+    num_gpus: float = Field(default=0, ge=0)
+    max_ongoing_requests: int = Field(default=64, ge=1, description="Requests a replica works on at once.")
+    max_queued_requests: int = Field(default=256, ge=-1, description="Serve's queue in front of the replicas.")
+    health_timeout_s: float = Field(default=300, gt=0, description="A batch running longer marks the replica unhealthy.")
+
+    @model_validator(mode="after")
+    def _replicas(self) -> "ModelConfig":
+        if self.autoscaling is not None:
+            self.num_replicas = None
+        return self
+
+    def knobs(self) -> dict[str, Any]:
+        """The live-reconfigurable part (Serve ``user_config``)."""
+        return {
+            "checkpoint": str(self.checkpoint),
+            **BatchKnobs.model_validate(self.model_dump(include=set(BatchKnobs.model_fields))).model_dump(),
+        }
+
+
+class HFJudgeBackendSettings(_Strict):
+    type: Literal["hf"] = "hf"
+    model: Path = Field(description="A transformers checkpoint directory of the judge LMM.")
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_batch_size: int = Field(default=16, ge=1)
+    max_length: int = Field(default=4096, gt=0)
+
+
+class OpenAIJudgeBackendSettings(OpenAIBackendConfig):
+    type: Literal["openai"] = "openai"
+
+
+class JudgeConfig(_Strict):
+    """A generative judge served behind ``/v1/judge``."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    kind: Literal["judge"] = "judge"
+    backend: Annotated[Union[HFJudgeBackendSettings, OpenAIJudgeBackendSettings], Field(discriminator="type")]
+    judge: JudgeOptions = Field(default_factory=JudgeOptions, description="How answers are read; cost bounds.")
+    rubrics: list[str] = Field(
+        default_factory=lambda: list_rubrics(),
+        description="Rubrics requests may name: shipped names, or paths of the operator's own files "
+        "(requests can name them by file stem, never by path).",
+    )
+    default_rubric: str = "helpfulness"
+    num_cpus: float = Field(default=1, gt=0)
+    num_gpus: float = Field(default=0, ge=0)
+    num_replicas: int = Field(default=1, ge=1)
+    max_ongoing_requests: int = Field(default=16, ge=1)
+    max_queued_requests: int = Field(default=64, ge=-1)
+
+
+class Limits(_Strict):
+    max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0, description="Request body bytes (413 above).")
+    max_items: int = Field(default=256, gt=0, description="Items (samples, pairs, groups) per request.")
+    max_group_size: int = Field(default=64, gt=0, description="Responses per group in /v1/rank.")
+    request_timeout_s: float = Field(default=120, gt=0, description="Per-request deadline at the ingress (504).")
+    media: MediaPolicy = Field(default_factory=MediaPolicy)
+
+
+class Admission(_Strict):
+    """mmrm's own admission control at the ingress: at most ``max_inflight`` requests at once;
+    the rest get 503 with ``Retry-After`` at once instead of waiting in an unbounded queue."""
+
+    max_inflight: int = Field(default=256, ge=1)
+    retry_after_s: float = Field(default=1.0, gt=0)
+
+
+class RateLimit(_Strict):
+    """Per-token request rate (token bucket); excess gets 429 with ``Retry-After``."""
+
+    requests_per_s: float = Field(gt=0)
+    burst: int = Field(default=10, ge=1)
+
+
+class Auth(_Strict):
+    token_env: str | None = Field(default=None, description="Env var holding the bearer token; unset = auth off.")
+    protect_metrics: bool = Field(default=False, description="Require the token on /metrics too.")
+    rate_limit: RateLimit | None = None
+
+
+class ServiceConfig(_Strict):
+    """mmrm's ``args`` block."""
+
+    models: list[ModelConfig] = Field(default_factory=list)
+    judges: list[JudgeConfig] = Field(default_factory=list)
+    limits: Limits = Field(default_factory=Limits)
+    admission: Admission = Field(default_factory=Admission)
+    auth: Auth = Field(default_factory=Auth)
+    ingress_num_cpus: float = Field(default=0.5, gt=0)
+
+    @field_validator("judges")
+    @classmethod
+    def _unique(cls, v: list[JudgeConfig], info: Any) -> list[JudgeConfig]:
+        names = [m.name for m in info.data.get("models", [])] + [j.name for j in v]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"model and judge names must be unique; repeated: {sorted(dup)}")
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> "ServiceConfig":
+        if not self.models and not self.judges:
+            raise ValueError("configure at least one model or judge")
+        return self
+
+
+class Application(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = "mmrm"
+    route_prefix: str = "/"
+    import_path: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServeFile(BaseModel):
+    """The whole Ray Serve config file (only the parts mmrm reads are typed)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    http_options: dict[str, Any] = Field(default_factory=dict)
+    applications: list[Application] = Field(min_length=1)
+
+    def mmrm_apps(self) -> list[tuple[Application, ServiceConfig]]:
+        return [(a, ServiceConfig.model_validate(a.args)) for a in self.applications if a.import_path.startswith("mmrm.")]
+
+
+def load_serve_file(path: str | Path) -> ServeFile:
+    """Read and validate a serve config file; errors name the file and the field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+        sf = ServeFile.model_validate(raw)
+        sf.mmrm_apps()
+    except (OSError, yaml.YAMLError, ValueError) as e:
+        raise ConfigError(f"invalid serve config {path}: {e}", field=str(path)) from e
+    return sf

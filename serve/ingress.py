@@ -1,0 +1,300 @@
+"""The HTTP ingress: validates, authenticates, admits, routes to model deployments, and maps
+errors to status codes (through :mod:`mmrm.serve.errors`, the one mapping)."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+import uuid
+from typing import Any, Awaitable, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mmrm.rm.errors import ConfigError, InvalidInput, MmrmError, Overloaded, PayloadTooLarge
+from mmrm.rm.results import group_result, pair_result
+from mmrm.rm.types import ScoreResult
+from mmrm.serve import metrics as m
+from mmrm.serve.config import ServiceConfig
+from mmrm.serve.errors import NotFound, RateLimited, Timeout, Unauthorized, error_response, from_wire, install
+from mmrm.serve.protocol import (
+    CompareRequest, CompareResponse, ErrorResponse, GroupResult, ItemResult, JudgeRequest, JudgeResponse, ModelCard,
+    ModelList, RankRequest,
+    RankResponse, ScoreRequest, ScoreResponse, Usage, new_id,
+)
+
+log = logging.getLogger("mmrm.serve")
+
+OPEN_ROUTES = {"/healthz"}
+_ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+           413: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
+           503: {"model": ErrorResponse}, 504: {"model": ErrorResponse}}
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over ``max_bytes`` with 413 before the app parses them
+    (by Content-Length when given, else while reading)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        too_big = PayloadTooLarge("request body is too large", field="body", limit=self.max_bytes)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await error_response(too_big)(scope, receive, send)
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                break
+            body = msg.get("body", b"")
+            size += len(body)
+            if size > self.max_bytes:
+                return await error_response(too_big)(scope, receive, send)
+            chunks.append(body)
+            more = msg.get("more_body", False)
+        data = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": data, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, burst
+        self.state: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str) -> float:
+        """0 if allowed, else seconds until a token is available."""
+        now = time.monotonic()
+        tokens, last = self.state.get(key, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1:
+            self.state[key] = (tokens - 1, now)
+            return 0.0
+        self.state[key] = (tokens, now)
+        return (1 - tokens) / self.rate
+
+
+def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str, Any] | None = None) -> FastAPI:
+    """The FastAPI app. ``handles`` / ``judges`` map names to Serve handles of the reward-model and
+    judge deployments."""
+    import mmrm
+
+    token: str | None = None
+    if cfg.auth.token_env:
+        token = os.environ.get(cfg.auth.token_env)
+        if not token:
+            # Never serve unprotected when protection was asked for.
+            raise ConfigError(f"auth.token_env names {cfg.auth.token_env!r} but that variable is empty or unset",
+                              field="auth.token_env")
+    bucket = TokenBucket(cfg.auth.rate_limit.requests_per_s, cfg.auth.rate_limit.burst) if cfg.auth.rate_limit else None
+    inflight = 0
+    timeout = cfg.limits.request_timeout_s
+    judges = judges or {}
+
+    app = FastAPI(title="mmrm", version=mmrm.__version__,
+                  description="Multimodal reward models and judges: score, compare, rank, judge.")
+    install(app)
+    app.add_middleware(BodyLimit, max_bytes=cfg.limits.max_body_bytes)
+
+    @app.middleware("http")
+    async def gate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        nonlocal inflight
+        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
+        rid = rid[:128]
+        request.state.request_id = rid
+        # Paths relative to the app's route prefix (Serve mounts an app under root_path).
+        root = request.scope.get("root_path", "")
+        path = request.url.path
+        if root and path.startswith(root):
+            path = path[len(root):] or "/"
+        needs_auth = token is not None and path not in OPEN_ROUTES and (path != "/metrics" or cfg.auth.protect_metrics)
+        if needs_auth:
+            got = request.headers.get("authorization", "")
+            scheme, _, cred = got.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(cred.encode(), token.encode()):  # type: ignore[union-attr]
+                m.ERRORS.labels(path, "unauthorized").inc()
+                return error_response(Unauthorized("missing or wrong bearer token", field="Authorization"), rid)
+        if bucket is not None and path not in OPEN_ROUTES and path != "/metrics":  # scrapers are not rate-limited
+            key = request.headers.get("authorization", request.client.host if request.client else "")
+            wait = bucket.take(key)
+            if wait:
+                m.REJECTED.labels("rate_limited").inc()
+                return error_response(RateLimited("rate limit exceeded", retry_after=wait,
+                                                  limit=cfg.auth.rate_limit.requests_per_s), rid)  # type: ignore[union-attr]
+        scoring = request.method == "POST"
+        if scoring:
+            if inflight >= cfg.admission.max_inflight:
+                m.REJECTED.labels("overloaded").inc()
+                return error_response(Overloaded("too many requests in flight; retry later",
+                                                 retry_after=cfg.admission.retry_after_s,
+                                                 limit=cfg.admission.max_inflight), rid)
+            inflight += 1
+            m.INFLIGHT.set(inflight)
+        try:
+            response = await call_next(request)
+        finally:
+            if scoring:
+                inflight -= 1
+                m.INFLIGHT.set(inflight)
+        # Ray Serve's proxy echoes X-Request-Id itself (the caller's, or the one it generated and
+        # passed in to us), so it is not set again here.
+        return response
+
+    def handle(name: str) -> Any:
+        if name not in handles:
+            raise NotFound(f"unknown model {name!r}; see GET /v1/models", field="model", limit=sorted(handles))
+        return handles[name]
+
+    async def call(route: str, model: str, samples: list[dict[str, Any]], fields: list[str], rid: str) -> list[ScoreResult]:
+        h = handle(model)
+        t0 = time.perf_counter()
+        code = "200"
+        try:
+            out = await asyncio.wait_for(h.score.remote(samples, rid, fields), timeout)
+        except asyncio.TimeoutError:
+            code = "504"
+            raise Timeout(f"scoring did not finish within {timeout} s", field="request", limit=timeout) from None
+        except MmrmError as e:
+            code = "4xx"
+            m.ERRORS.labels(route, e.kind).inc()
+            raise
+        finally:
+            m.LATENCY.labels(route, model).observe(time.perf_counter() - t0)
+            m.REQUESTS.labels(route, model, code).inc()
+        if "error" in out:
+            err = from_wire(out["error"])
+            m.ERRORS.labels(route, err.kind).inc()
+            raise err
+        for b in out["batch_sizes"]:
+            m.BATCH_SIZE.labels(model).observe(b)
+        m.QUEUE_DEPTH.labels(model).set(out["queue_depth"])
+        return [ScoreResult.model_validate(r) for r in out["results"]]
+
+    def record(route: str, model: str, results: list[ScoreResult]) -> None:
+        for r in results:
+            m.ITEMS.labels(route, model, "ok" if r.ok else "invalid").inc()
+            if r.ok:
+                m.SCORES.labels(route, model).observe(float(r.value))  # type: ignore[arg-type]
+
+    def items(results: list[ScoreResult]) -> list[ItemResult]:
+        return [ItemResult(index=i, **r.model_dump()) for i, r in enumerate(results)]
+
+    def check_count(n: int, field: str) -> None:
+        if n > cfg.limits.max_items:
+            raise InvalidInput(f"{n} {field} in one request", field=field, limit=cfg.limits.max_items)
+
+    @app.post("/v1/score", response_model=ScoreResponse, responses=_ERRORS, summary="Pointwise rewards")
+    async def score(req: ScoreRequest, request: Request) -> ScoreResponse:
+        check_count(len(req.items), "items")
+        res = await call("/v1/score", req.model, [s.model_dump(mode="json") for s in req.items],
+                         [f"items[{i}]" for i in range(len(req.items))], request.state.request_id)
+        record("/v1/score", req.model, res)
+        return ScoreResponse(id=new_id("score"), model=req.model, data=items(res),
+                             usage=Usage(items=len(res), invalid=sum(not r.ok for r in res)))
+
+    @app.post("/v1/compare", response_model=CompareResponse, responses=_ERRORS, summary="Pairwise P(A>B)")
+    async def compare(req: CompareRequest, request: Request) -> CompareResponse:
+        check_count(len(req.pairs), "pairs")
+        samples, fields = [], []
+        for i, p in enumerate(req.pairs):
+            a, b = p.samples()
+            samples += [a.model_dump(mode="json"), b.model_dump(mode="json")]
+            fields += [f"pairs[{i}].response_a", f"pairs[{i}].response_b"]
+        flat = await call("/v1/compare", req.model, samples, fields, request.state.request_id)
+        res = [pair_result(flat[2 * k], flat[2 * k + 1]) for k in range(len(req.pairs))]
+        record("/v1/compare", req.model, res)
+        return CompareResponse(id=new_id("compare"), model=req.model, data=items(res),
+                               usage=Usage(items=len(res), invalid=sum(not r.ok for r in res)))
+
+    @app.post("/v1/rank", response_model=RankResponse, responses=_ERRORS, summary="GRPO groups: raw + normalized")
+    async def rank(req: RankRequest, request: Request) -> RankResponse:
+        check_count(len(req.groups), "groups")
+        samples, fields, sizes = [], [], []
+        for i, g in enumerate(req.groups):
+            if len(g.responses) > cfg.limits.max_group_size:
+                raise InvalidInput("group too large", field=f"groups[{i}].responses", limit=cfg.limits.max_group_size)
+            for j, s in enumerate(g.samples()):
+                samples.append(s.model_dump(mode="json"))
+                fields.append(f"groups[{i}].responses[{j}]")
+            sizes.append(len(g.responses))
+        flat = await call("/v1/rank", req.model, samples, fields, request.state.request_id)
+        record("/v1/rank", req.model, flat)
+        data, k = [], 0
+        for i, n in enumerate(sizes):
+            part = flat[k:k + n]
+            k += n
+            data.append(GroupResult(index=i, results=items(part), normalized=group_result(part, eps=req.eps)))
+        return RankResponse(id=new_id("rank"), model=req.model, data=data,
+                            usage=Usage(items=len(flat), invalid=sum(not r.ok for r in flat)))
+
+    @app.post("/v1/judge", response_model=JudgeResponse, responses=_ERRORS, summary="Generative judge")
+    async def judge(req: JudgeRequest, request: Request) -> JudgeResponse:
+        n = len(req.items or req.pairs or [])
+        check_count(n, "items" if req.items is not None else "pairs")
+        if req.judge not in judges:
+            raise NotFound(f"unknown judge {req.judge!r}; see GET /v1/models", field="judge", limit=sorted(judges))
+        t0 = time.perf_counter()
+        code = "200"
+        try:
+            out = await asyncio.wait_for(judges[req.judge].judge.remote(req.model_dump(mode="json"), request.state.request_id),
+                                         timeout)
+        except asyncio.TimeoutError:
+            code = "504"
+            raise Timeout(f"judging did not finish within {timeout} s", field="request", limit=timeout) from None
+        finally:
+            m.LATENCY.labels("/v1/judge", req.judge).observe(time.perf_counter() - t0)
+            m.REQUESTS.labels("/v1/judge", req.judge, code).inc()
+        if "error" in out:
+            err = from_wire(out["error"])
+            m.ERRORS.labels("/v1/judge", err.kind).inc()
+            raise err
+        res = [ScoreResult.model_validate(r) for r in out["results"]]
+        record("/v1/judge", req.judge, res)
+        return JudgeResponse(id=new_id("judge"), model=req.judge, data=items(res),
+                             usage=Usage(items=len(res), invalid=sum(not r.ok for r in res)))
+
+    @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
+    async def models() -> ModelList:
+        cards = await asyncio.gather(*(h.info.remote() for h in [*handles.values(), *judges.values()]))
+        return ModelList(data=[ModelCard(**c) for c in cards])
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness of the ingress (no auth)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses=_ERRORS)
+    async def readyz() -> JSONResponse:
+        """Ready when every model has a replica that loaded and scored its warm-up sample."""
+        try:
+            await asyncio.wait_for(asyncio.gather(*(h.info.remote() for h in [*handles.values(), *judges.values()])), 5)
+        except Exception as e:  # not ready, whatever the cause: readiness must answer, not fail
+            return JSONResponse({"status": "not ready", "reason": type(e).__name__}, status_code=503)
+        return JSONResponse({"status": "ready", "models": sorted(handles), "judges": sorted(judges)})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(m.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    app.state.handles = handles
+    app.state.config = cfg
+    return app

@@ -1,0 +1,26 @@
+"""The ingress as a Ray Serve deployment wrapping the FastAPI app.
+
+The app is built per replica after ``__init__`` (Serve's deferred ASGI mode), because its routes
+need the validated config and the typed handles of the model deployments.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+
+from mmrm.serve.config import ServiceConfig
+from mmrm.serve.ingress import build_fastapi
+
+
+@serve.deployment(name="ingress", max_ongoing_requests=1024)
+@serve.ingress()
+class Ingress:
+    def __init__(self, config: dict[str, Any], models: dict[str, Any], judges: dict[str, Any]) -> None:
+        self.config = ServiceConfig.model_validate(config)
+        self.handles = models
+        self.judges = judges
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return build_fastapi(self.config, self.handles, self.judges)

@@ -1,0 +1,81 @@
+"""The judge replica: one Ray Serve deployment per configured judge.
+
+The backend (an in-process transformers LMM, or a client of an OpenAI-compatible server such as
+vLLM) is built once per replica; each request builds a cheap :class:`mmrm.judges.Judge` for its
+rubric. Judging runs in a worker thread so the replica's loop stays free for health checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from mmrm.judges.judge import Judge
+from mmrm.judges.rubrics import Rubric, load_rubric
+from mmrm.rm.errors import InvalidInput, MmrmError
+from mmrm.rm.media import MediaPolicy
+from mmrm.rm.types import Pair, Sample
+from mmrm.serve.config import JudgeConfig
+from mmrm.serve.errors import to_wire
+
+log = logging.getLogger("mmrm.serve")
+
+
+class JudgeServer:
+    def __init__(self, judge: dict[str, Any], media: dict[str, Any]) -> None:
+        self.cfg = JudgeConfig.model_validate(judge)
+        policy = MediaPolicy.model_validate(media)
+        b = self.cfg.backend
+        if b.type == "hf":
+            from mmrm.judges.backends.hf import HFJudgeBackend
+
+            self.backend: Any = HFJudgeBackend(b.model, device=b.device, dtype=b.dtype, max_batch_size=b.max_batch_size,
+                                               max_length=b.max_length, media_policy=policy)
+        else:
+            from mmrm.judges.backends.openai import OpenAIBackendConfig, OpenAIJudgeBackend
+
+            self.backend = OpenAIJudgeBackend(OpenAIBackendConfig.model_validate(b.model_dump(exclude={"type"})),
+                                              media_policy=policy)
+        # Requests name rubrics; only these (shipped names, or the operator's files by stem) resolve.
+        self.rubrics: dict[str, Rubric] = {}
+        for ref in self.cfg.rubrics:
+            r = load_rubric(ref)
+            self.rubrics[Path(ref).stem if Path(ref).suffix else ref] = r
+        if self.cfg.default_rubric not in self.rubrics:
+            raise MmrmError(f"default_rubric {self.cfg.default_rubric!r} is not among the judge's rubrics",
+                            field="default_rubric", limit=sorted(self.rubrics))
+        Judge(self.rubrics[self.cfg.default_rubric], self.backend, self.cfg.judge)  # checks labels once at start
+
+    async def info(self) -> dict[str, Any]:
+        j = Judge(self.rubrics[self.cfg.default_rubric], self.backend, self.cfg.judge)
+        return {"id": self.cfg.name, "kind": "judge", "fingerprint": j.fingerprint,
+                "engine": self.cfg.backend.type, "dtype": getattr(self.cfg.backend, "dtype", None)}
+
+    def _rubric(self, rubric: str | dict[str, Any] | None) -> Rubric:
+        if rubric is None:
+            return self.rubrics[self.cfg.default_rubric]
+        if isinstance(rubric, dict):
+            try:
+                return Rubric.model_validate(rubric)
+            except ValueError as e:
+                raise InvalidInput(f"inline rubric is invalid: {e}", field="rubric") from None
+        if rubric not in self.rubrics:
+            raise InvalidInput(f"unknown rubric {rubric!r}", field="rubric", limit=sorted(self.rubrics))
+        return self.rubrics[rubric]
+
+    async def judge(self, body: dict[str, Any], request_id: str = "") -> dict[str, Any]:
+        """Judge samples (pointwise / checklist) or pairs (both orders); per-item failures stay per item."""
+        try:
+            judge = Judge(self._rubric(body.get("rubric")), self.backend, self.cfg.judge)
+            refs = body.get("references")
+            if body.get("pairs") is not None:
+                pairs = [Pair.model_validate(p) for p in body["pairs"]]
+                results = await asyncio.to_thread(judge.compare, pairs, references=refs)
+            else:
+                samples = [Sample.model_validate(s) for s in body["items"]]
+                results = await asyncio.to_thread(judge.score, samples, references=refs)
+        except MmrmError as e:
+            return to_wire(e)
+        return {"results": [r.model_dump(mode="json") for r in results], "fingerprint": judge.fingerprint}
