@@ -96,15 +96,34 @@ def score(
 
 
 @app.command()
+def serve(
+    config: Path = typer.Argument(..., help="A Ray Serve config file whose mmrm app args follow mmrm.serve.config."),
+    host: Optional[str] = typer.Option(None, help="Bind address (default: the file's, else 127.0.0.1)."),
+    port: Optional[int] = typer.Option(None, help="Port (default: the file's, else 8000)."),
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs of the embedded Ray (default: all)."),
+) -> None:
+    """Serve reward models and judges on an embedded single-node Ray (Ctrl-C drains and stops)."""
+    from mmrm.rm.errors import MmrmError
+    from mmrm.serve.run import serve_forever
+
+    try:
+        serve_forever(config, host=host, port=port, num_cpus=num_cpus)
+    except MmrmError as e:
+        _fail(e)
+
+
+@app.command()
 def demo(
-    workdir: Path = typer.Option(Path(".mmrm-demo"), help="Where the demo model and data live."),
+    workdir: Path = typer.Option(Path(".mmrm-demo"), help="Where the demo model, data and serve config live."),
     epochs: int = typer.Option(5, help="Training epochs for the demo model (5 reaches >= 0.90)."),
     limit: Optional[int] = typer.Option(None, help="Use only this many digit images (quick smoke runs)."),
+    port: int = typer.Option(8000, help="Port of the local service."),
+    exit_after: bool = typer.Option(False, "--exit", help="Stop the service after the demo request."),
 ) -> None:
-    """Build the digits demo reward model if absent, then score a real held-out digit image."""
-    from mmrm.train.demo import run_demo
+    """Build the digits demo reward model if absent, serve it locally, and score a real image over HTTP."""
+    from mmrm.demo import run_demo
 
-    run_demo(workdir, epochs=epochs, limit=limit, console=console)
+    run_demo(workdir, epochs=epochs, limit=limit, port=port, keep_serving=not exit_after, console=console)
 
 
 if __name__ == "__main__":

@@ -378,7 +378,8 @@ class _BaseClient:
             body: Any = resp.json()
         except ValueError:
             body = resp.text
-        raise ServiceError(resp.status_code, body, request_id=resp.headers.get("x-request-id", call.request_id),
+        raise ServiceError(resp.status_code, body,
+                           request_id=resp.headers.get("x-request-id", call.request_id),
                            retry_after=parse_retry_after(resp.headers.get("retry-after")))
 
     @staticmethod

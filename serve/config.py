@@ -146,6 +146,22 @@ class Auth(_Strict):
     rate_limit: RateLimit | None = None
 
 
+class OpenRLHFCompat(_Strict):
+    """Options of the OpenRLHF ``/get_reward`` route (see :mod:`mmrm.serve.compat.openrlhf`)."""
+
+    model: str | None = Field(default=None, description="Model that scores /get_reward (default: the first).")
+    scores: Literal["sigmoid", "reward"] = "sigmoid"
+    on_invalid: Literal["error", "fill"] = "error"
+    fill_value: float | None = None
+
+
+class Compat(_Strict):
+    openrlhf: OpenRLHFCompat = Field(default_factory=OpenRLHFCompat)
+    classify_default_model: str | None = Field(
+        default=None, description="Model used by /classify when the body names none (default: the first)."
+    )
+
+
 class ServiceConfig(_Strict):
     """mmrm's ``args`` block."""
 
@@ -154,6 +170,7 @@ class ServiceConfig(_Strict):
     limits: Limits = Field(default_factory=Limits)
     admission: Admission = Field(default_factory=Admission)
     auth: Auth = Field(default_factory=Auth)
+    compat: Compat = Field(default_factory=Compat)
     ingress_num_cpus: float = Field(default=0.5, gt=0)
 
     @field_validator("judges")

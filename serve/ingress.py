@@ -19,6 +19,7 @@ from mmrm.rm.errors import ConfigError, InvalidInput, MmrmError, Overloaded, Pay
 from mmrm.rm.results import group_result, pair_result
 from mmrm.rm.types import ScoreResult
 from mmrm.serve import metrics as m
+from mmrm.serve.compat import openrlhf, vllm_classify
 from mmrm.serve.config import ServiceConfig
 from mmrm.serve.errors import NotFound, RateLimited, Timeout, Unauthorized, error_response, from_wire, install
 from mmrm.serve.protocol import (
@@ -271,6 +272,38 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
         record("/v1/judge", req.judge, res)
         return JudgeResponse(id=new_id("judge"), model=req.judge, data=items(res),
                              usage=Usage(items=len(res), invalid=sum(not r.ok for r in res)))
+
+    def default_model(name: str | None) -> str:
+        if name:
+            return name
+        if not handles:
+            raise NotFound("no reward model is served", field="model")
+        return next(iter(handles))
+
+    @app.post(openrlhf.ROUTE, response_model=openrlhf.RewardResponse, responses=_ERRORS,
+              summary="OpenRLHF remote reward protocol")
+    async def get_reward(req: openrlhf.RewardRequest, request: Request) -> dict[str, Any]:
+        """OpenRLHF's ``--reward.remote_url`` body (``query``/``prompts``/``labels``, plus mmrm's ``images``)."""
+        opts = cfg.compat.openrlhf
+        model = default_model(opts.model)
+        check_count(len(req.query), "query")
+        samples = openrlhf.to_samples(req)
+        res = await call(openrlhf.ROUTE, model, [s.model_dump(mode="json") for s in samples],
+                         [f"query[{i}]" for i in range(len(samples))], request.state.request_id) if samples else []
+        record(openrlhf.ROUTE, model, res)
+        return openrlhf.to_response(res, scores=opts.scores, on_invalid=opts.on_invalid, fill_value=opts.fill_value)
+
+    @app.post("/classify", responses=_ERRORS, summary="vLLM /classify shape (verl's reward-model path)")
+    async def classify(body: dict[str, Any], request: Request) -> dict[str, Any]:
+        """vLLM's ``/classify`` request and response; the reward is ``data[i].probs[0]``."""
+        req = vllm_classify.parse_request(body)
+        model = default_model(req.model or cfg.compat.classify_default_model)
+        samples = vllm_classify.to_samples(req)
+        check_count(len(samples), "input")
+        res = await call("/classify", model, [s.model_dump(mode="json") for s in samples],
+                         [vllm_classify._item_field(req, i) for i in range(len(samples))], request.state.request_id)
+        record("/classify", model, res)
+        return vllm_classify.to_response(req, res, model=model, request_id=request.headers.get("x-request-id"))
 
     @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
     async def models() -> ModelList:

@@ -332,7 +332,7 @@ def test_compare_results_bad_side_is_invalid_others_score(text_rm):
     # compare() raises the typed error (a service maps its kind to a 4xx), not a generic one
     with pytest.raises(UnsupportedInput) as ei:
         rm.compare(pairs)
-    assert ei.value.field == "messages[1].content[0]"
+    assert ei.value.field == "response.content[0]"
 
 
 def test_score_group_raw_and_normalized(text_rm):
@@ -455,14 +455,14 @@ def test_text_only_backbone_refuses_images_with_field(text_rm):
     in_prompt = Sample(prompt=[{"role": "user", "content": [text_part("look:"), image_part(image_uri(28, 28, 1))]}], response="ok")
     with pytest.raises(UnsupportedInput) as ei:
         rm.score([in_prompt])
-    assert ei.value.field == "messages[0].content[1]"
+    assert ei.value.field == "prompt[0].content[1]"
     in_response = Sample(
         prompt=[{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
         response=[text_part("here"), video_part([image_uri(28, 28, 2)])],
     )
     with pytest.raises(UnsupportedInput) as ei:
         rm.score([in_response])
-    assert ei.value.field == "messages[2].content[1]"
+    assert ei.value.field == "response.content[1]"
 
 
 def test_failed_item_never_fails_its_batch(text_rm):
@@ -474,7 +474,7 @@ def test_failed_item_never_fails_its_batch(text_rm):
     assert rm.forward_calls - before == 1  # the good items still share one forward
     assert [r.ok for r in res] == [True, False, True, True]
     assert res[1].value is None and res[1].error_kind == "unsupported_input"
-    assert "messages[0].content[0]" in res[1].invalid
+    assert "prompt[0].content[0]" in res[1].invalid
     alone = rm.score(TEXT_SAMPLES)
     assert [res[0].value, res[2].value, res[3].value] == pytest.approx(alone, abs=ATOL)
 
@@ -488,7 +488,7 @@ def test_bad_media_is_an_invalid_item(vl, mixed_samples):
     assert [res[0].value, res[2].value] == pytest.approx(rm.score([mixed_samples[1], mixed_samples[0]]), abs=ATOL)
     with pytest.raises(MediaError) as ei:
         rm.score([corrupt])
-    assert ei.value.field.startswith("messages[0].content[0]")
+    assert ei.value.field.startswith("prompt[0].content[0]")
 
 
 # ------------------------------------------------------------------------------------------------

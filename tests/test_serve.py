@@ -229,3 +229,60 @@ def test_metrics_parse_and_counters_move(service: dict) -> None:
     assert after[items_key] == before.get(items_key, 0) + 4  # 3 image samples + 1 text-only
     assert after[("mmrm_score_count", (("model", "tiny"), ("route", "/v1/score")))] >= 3
     assert after[("mmrm_batch_size_count", (("model", "tiny"),))] > before.get(("mmrm_batch_size_count", (("model", "tiny"),)), 0)
+
+
+# Compatibility routes, with the payloads the RL stacks send (shapes from their sources; see
+# mmrm/serve/compat/*.py for the commits matched).
+
+CHATML_PROMPT = "<|im_start|>user\nWhich digit is in the image?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_openrlhf_get_reward_exact_payload(service: dict, inproc) -> None:
+    """OpenRLHF@3c3be62 ``SingleTurnAgentExecutor._fetch_rewards_via_http`` body: query/prompts/labels."""
+    from mmrm.rm.types import Sample
+
+    query = CHATML_PROMPT + "The digit is 3.<|im_end|>"
+    r = _post(service, "/get_reward", {"query": [query], "prompts": [CHATML_PROMPT], "labels": ["3"]})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    want = inproc.score([Sample(prompt="Which digit is in the image?", response="The digit is 3.")])[0]
+    assert body["rewards"][0] == pytest.approx(want, abs=1e-5)
+    assert body["scores"][0] == pytest.approx(1 / (1 + math.exp(-want)), abs=1e-6)
+    assert isinstance(body["extra_logs"], dict)
+    # mmrm's image extension: images beside query, one list per query
+    uri = png_data_uri(np.full((56, 56, 3), 90, dtype=np.uint8))
+    prompt_img = "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Which digit is in the image?<|im_end|>\n<|im_start|>assistant\n"
+    r = _post(service, "/get_reward", {"query": [prompt_img + "The digit is 3.<|im_end|>"], "prompts": [prompt_img],
+                                       "labels": [None], "images": [[uri]]})
+    assert r.status_code == 200, r.text
+    want_img = inproc.score([Sample(prompt=_img_prompt(uri), response="The digit is 3.")])[0]
+    assert r.json()["rewards"][0] == pytest.approx(want_img, abs=1e-5)
+    assert abs(want_img - want) > 1e-4  # the image really changed the score
+    # an empty shard (several reward URLs) answers empty lists
+    r = _post(service, "/get_reward", {"query": [], "prompts": [], "labels": []})
+    assert r.status_code == 200 and r.json()["rewards"] == []
+    # a prompt that is not a prefix of its query is a 422 naming the item
+    r = _post(service, "/get_reward", {"query": [query], "prompts": ["<|im_start|>user\nsomething else"], "labels": [None]})
+    assert r.status_code == 422 and r.json()["error"]["field"].startswith("query[0]")
+
+
+def test_vllm_classify_as_verl_sends_it(service: dict, inproc) -> None:
+    """verl@b178a3c reward loop: ``{model, input: rendered conversation, activation: False}``, reads probs[-1]."""
+    from mmrm.rm.types import Sample
+
+    rendered = CHATML_PROMPT + "The digit is 5.<|im_end|>"
+    r = _post(service, "/classify", {"model": "tiny", "input": rendered, "activation": False})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "list" and body["id"].startswith("classify-") and body["model"] == "tiny"
+    want = inproc.score([Sample(prompt="Which digit is in the image?", response="The digit is 5.")])[0]
+    assert body["data"][0]["probs"][-1] == pytest.approx(want, abs=1e-5) and body["data"][0]["num_classes"] == 1
+    # the chat form may carry images (mmrm's extension of what verl sends)
+    uri = png_data_uri(np.full((56, 56, 3), 10, dtype=np.uint8))
+    msgs = _img_prompt(uri) + [{"role": "assistant", "content": "The digit is 5."}]
+    r = _post(service, "/classify", {"model": "tiny", "messages": msgs, "use_activation": True})
+    assert r.status_code == 200, r.text
+    want_img = inproc.score([Sample(prompt=_img_prompt(uri), response="The digit is 5.")])[0]
+    assert r.json()["data"][0]["probs"][0] == pytest.approx(1 / (1 + math.exp(-want_img)), abs=1e-6)
+    r = _post(service, "/classify", {"model": "tiny", "input": 5})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "input"

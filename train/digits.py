@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -58,3 +59,21 @@ def build_digits_dataset(
         paths[split] = out / f"{split}.jsonl"
         paths[split].write_text("".join(json.dumps(r) + "\n" for r in rows))
     return paths["train"], paths["eval"]
+
+
+def build_demo_model(workdir: Path, *, epochs: int = 5, limit: int | None = None, on_step: Any = None) -> Path:
+    """Tiny Qwen2-VL backbone -> digits preference data -> trained reward checkpoint (``workdir/model``)."""
+    from mmrm.rm.tiny import build_tiny_model
+    from mmrm.train import TrainConfig, train
+
+    model_dir = workdir / "model"
+    if (model_dir / "mmrm_reward.json").exists():
+        return model_dir
+    backbone = workdir / "backbone"
+    if not (backbone / "config.json").exists():
+        build_tiny_model("qwen2_vl", backbone, seed=0)
+    train_file, eval_file = build_digits_dataset(workdir / "data", seed=0, limit=limit)
+    cfg = TrainConfig(backbone=backbone, output_dir=model_dir, train_data=train_file, eval_data=eval_file,
+                      epochs=epochs, batch_size=32, lr=3e-4, max_length=512, seed=0)
+    train(cfg, on_step=on_step)
+    return model_dir

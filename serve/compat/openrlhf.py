@@ -99,7 +99,8 @@ class RewardRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    query: list[str] = Field(description="Full chat-templated texts: prompt + response, as the policy's tokenizer decoded them.")
+    query: list[str] = Field(
+        description="Full chat-templated texts: prompt + response, as the policy's tokenizer decoded them.")
     prompts: list[str] | None = Field(default=None, description="The prompt text of each query (a prefix of it).")
     labels: list[Any] | None = Field(default=None, description="Dataset labels (references); unused by reward models.")
     images: list[list[str] | str | None] | None = Field(

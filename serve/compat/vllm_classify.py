@@ -36,9 +36,10 @@ So for mmrm:
 * A text ``input`` is what verl sends: a WHOLE conversation already rendered with a chat template,
   the last turn being the response. mmrm renders with its own scorer's template, so the text is read
   back into messages (:func:`mmrm.serve.compat.parse_rendered_chat`: ChatML, Llama-3, Gemma) and
-  becomes ``Sample.from_messages``. Text in no known template, text without a final assistant turn,
-  text with image placeholders (a text input carries no pixels) and token-id inputs are refused
-  with 422 naming ``input`` / ``input[i]``: send ``messages`` instead.
+  becomes ``Sample.from_messages``. Text in no known template, text without a final assistant turn
+  or with a turn left open (rendered with ``add_generation_prompt=True``), text with image
+  placeholders (a text input carries no pixels) and token-id inputs are refused with 422 naming
+  ``input`` / ``input[i]``: send ``messages`` instead.
 * ``messages`` (the chat form) are OpenAI chat messages; ``image_url`` parts (URL, data URI) carry
   images, ``video_url`` parts become mmrm video parts. The last message must be the assistant's
   response. ``add_generation_prompt``/``continue_final_message`` (a response to be scored is
@@ -240,8 +241,9 @@ def _from_text(text: str, field: str) -> Sample:
         raise InvalidInput("a text input must be a whole conversation rendered with a chat template mmrm reads "
                            "(ChatML, Llama-3, Gemma) whose last turn is the assistant's response; or send `messages`",
                            field=field)
-    if not all(t.closed for t in rc.turns[:-1]):
-        raise InvalidInput("an earlier turn of the conversation is not closed", field=field)
+    if not all(t.closed for t in rc.turns):
+        raise InvalidInput("every turn, the final assistant response included, must be closed by its end-of-turn "
+                           "token (was the text rendered with add_generation_prompt=True?)", field=field)
     if any(media_placeholders(t.content) for t in rc.turns):
         raise UnsupportedInput("a text input has image placeholders but cannot carry images; send `messages` with "
                                "image_url parts", field=field)
@@ -347,8 +349,9 @@ def to_response(
         raise ValueError(f"expected {n} results for this request, got {len(results)}")
     raise_for_failed(results, field=lambda i: _item_field(req, i))
     act = req.apply_activation
-    data = [ClassificationData(index=i, label=LABEL, probs=[_sigmoid(r.value) if act else float(r.value)],  # type: ignore[arg-type]
-                               num_classes=1) for i, r in enumerate(results)]
+    values = [float(r.value) for r in results]  # type: ignore[arg-type]  # all valid after raise_for_failed
+    data = [ClassificationData(index=i, label=LABEL, probs=[_sigmoid(v) if act else v], num_classes=1)
+            for i, v in enumerate(values)]
     body = ClassificationResponse(
         id=f"classify-{request_id or req.request_id or uuid.uuid4().hex}",
         created=int(time.time()),

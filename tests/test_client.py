@@ -1,0 +1,426 @@
+"""mmrm.rm.client against a real HTTP server on 127.0.0.1 that scripts its answers.
+
+The server is the standard library's threading HTTP server: each test queues the answers it wants
+(status, headers, body) and reads back what the client sent (path, headers, JSON body, arrival time).
+When the queue is empty the server answers like the mmrm service would, from the request body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+import pytest
+
+from mmrm.rm.client import AsyncClient, Client, RankResult, ServiceError, TransportError
+from mmrm.rm.errors import InvalidInput, MmrmError
+from mmrm.rm.types import Sample, ScoreResult
+
+PROV = {"scorer": "rm-test", "kind": "reward_model", "fingerprint": "abc", "mmrm_version": "0.1.0", "engine": "hf"}
+
+
+def _reward_of(item: dict[str, Any]) -> float:
+    """The scripted 'model': the reward is the number written in the response text."""
+    content = item["response"]["content"]
+    text = content if isinstance(content, str) else "".join(p.get("text", "") for p in content)
+    return float(text)
+
+
+def _envelope(obj: str, data: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": "score-0123", "object": obj, "created": int(time.time()), "model": "rm-test", "data": data,
+            "usage": {"items": len(data)}}
+
+
+def default_answer(path: str, body: Any) -> tuple[int, dict[str, str], Any]:
+    if path == "/v1/score":
+        data = [{"index": i, "value": _reward_of(it), "provenance": PROV, "details": {"future_field": 1}}
+                for i, it in enumerate(body["items"])]
+        return 200, {}, _envelope("score", data)
+    if path == "/v1/compare":
+        data = [{"index": i, "value": 0.75, "prob_a_wins": 0.75, "provenance": PROV} for i in range(len(body["pairs"]))]
+        return 200, {}, _envelope("compare", data)
+    if path == "/v1/rank":
+        data = [{"index": i, "results": [{"value": float(k), "provenance": PROV} for k in range(len(g["responses"]))],
+                 "normalized": [-1.0, 1.0][: len(g["responses"])]} for i, g in enumerate(body["groups"])]
+        return 200, {}, _envelope("rank", data)
+    if path == "/v1/judge":
+        n = len(body.get("items") or body.get("pairs"))
+        data = [{"index": i, "value": 7.0, "provenance": {**PROV, "kind": "judge"}} for i in range(n)]
+        return 200, {}, _envelope("judge", data)
+    if path == "/v1/models":
+        return 200, {}, {"object": "list", "data": [{"id": "rm-test", "object": "model"}]}
+    if path == "/healthz":
+        return 200, {}, {"status": "ok"}
+    if path == "/readyz":
+        return 503, {"Retry-After": "1"}, {"error": {"kind": "not_ready", "message": "loading"}}
+    return 404, {}, {"error": {"kind": "not_found", "message": path}}
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    at: float
+
+
+@dataclass
+class Script:
+    answers: deque = field(default_factory=deque)  # (status, headers, body) or a callable(path, body)
+    seen: list[Seen] = field(default_factory=list)
+    delay: Callable[[str, Any], float] | None = None
+    in_flight: int = 0
+    max_in_flight: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Server:
+    def __init__(self, port: int = 0) -> None:
+        self.script = Script()
+        script = self.script
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: Any) -> None:  # keep pytest output clean
+                pass
+
+            def _handle(self) -> None:
+                n = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(n) if n else b""
+                body = json.loads(raw) if raw else None
+                with script.lock:
+                    script.seen.append(Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()},
+                                            body, time.monotonic()))
+                    script.in_flight += 1
+                    script.max_in_flight = max(script.max_in_flight, script.in_flight)
+                    answer = script.answers.popleft() if script.answers else None
+                try:
+                    if script.delay:
+                        time.sleep(script.delay(self.path, body))
+                    if answer is None:
+                        status, headers, payload = default_answer(self.path, body)
+                    elif callable(answer):
+                        status, headers, payload = answer(self.path, body)
+                    else:
+                        status, headers, payload = answer
+                finally:
+                    with script.lock:
+                        script.in_flight -= 1
+                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                if "x-request-id" in {k.lower() for k in self.headers.keys()}:
+                    self.send_header("X-Request-Id", self.headers["X-Request-Id"])
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = _handle
+            do_POST = _handle
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    yield s
+    s.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def samples(n: int) -> list[dict[str, Any]]:
+    return [{"prompt": f"question {i}", "response": str(i)} for i in range(n)]
+
+
+def slow_first_batches(path: str, body: Any) -> float:
+    # Later batches answer faster, so completion order differs from submission order.
+    if path != "/v1/score":
+        return 0.0
+    return 0.3 if _reward_of(body["items"][0]) < 20 else 0.05
+
+
+def fast(url: str, **kw: Any) -> dict[str, Any]:
+    return dict(base_url=url, token=None, backoff=0.05, backoff_max=0.2, **kw)
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def test_import_is_light():
+    code = "import mmrm.rm.client, sys; assert 'torch' not in sys.modules and 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_score_roundtrip_auth_and_body(server: Server, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MMRM_API_TOKEN", "s3cret")
+    img = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    with Client(base_url=server.url) as c:
+        res = c.score([Sample(prompt=[{"role": "user", "content": [img, {"type": "text", "text": "hi"}]}], response="2"),
+                       {"prompt": "q", "response": "3"}], model="rm-test")
+    assert [r.value for r in res] == [2.0, 3.0]
+    assert all(isinstance(r, ScoreResult) and r.provenance.scorer == "rm-test" for r in res)
+    seen = server.script.seen[0]
+    assert seen.headers["authorization"] == "Bearer s3cret"
+    assert seen.headers["x-request-id"]
+    assert seen.body["model"] == "rm-test"
+    part = seen.body["items"][0]["prompt"][0]["content"][0]
+    assert part == img  # no "detail": null, types kept
+    assert seen.body["items"][1] == {"prompt": [{"role": "user", "content": "q"}],
+                                     "response": {"role": "assistant", "content": "3"}}
+
+
+def test_token_none_sends_no_auth(server: Server, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("MMRM_API_TOKEN", "s3cret")
+    with Client(base_url=server.url, token=None) as c:
+        c.score(samples(1), model="m")
+    assert "authorization" not in server.script.seen[0].headers
+
+
+def test_503_retry_after_then_200_reuses_request_id(server: Server):
+    server.script.answers.append((503, {"Retry-After": "1"}, {"error": {"kind": "overloaded", "message": "busy"}}))
+    with Client(**fast(server.url)) as c:
+        res = c.score(samples(2), model="m")
+    assert [r.value for r in res] == [0.0, 1.0]
+    first, second = server.script.seen
+    assert second.at - first.at >= 1.0
+    assert first.headers["x-request-id"] == second.headers["x-request-id"]
+
+
+def test_429_http_date_retry_after(server: Server):
+    # An HTTP date one second ahead (the header has whole seconds, so the wait is 0..1 s; not negative).
+    date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime(time.time() + 1))
+    server.script.answers.append((429, {"Retry-After": date}, {"error": {"kind": "rate_limited", "message": "slow down"}}))
+    server.script.answers.append((429, {}, {"error": {"kind": "rate_limited", "message": "slow down"}}))
+    with Client(**fast(server.url)) as c:
+        assert [r.value for r in c.score(samples(1), model="m")] == [0.0]
+    assert len(server.script.seen) == 3
+    assert len({s.headers["x-request-id"] for s in server.script.seen}) == 1
+
+
+def test_connection_refused_then_server_up():
+    port = _free_port()
+    holder: dict[str, Server] = {}
+    t = threading.Timer(0.6, lambda: holder.setdefault("s", Server(port)))
+    t.start()
+    try:
+        with Client(**fast(f"http://127.0.0.1:{port}", max_retries=30, max_retry_time=10)) as c:
+            t0 = time.monotonic()
+            res = c.score(samples(1), model="m")
+        assert res[0].value == 0.0 and time.monotonic() - t0 >= 0.5
+    finally:
+        t.join()
+        if "s" in holder:
+            holder["s"].stop()
+
+
+def test_connection_refused_gives_typed_error_after_retries():
+    with Client(**fast(f"http://127.0.0.1:{_free_port()}", max_retries=2)) as c:
+        with pytest.raises(TransportError) as ei:
+            c.score(samples(1), model="m", request_id="rid-1")
+    assert ei.value.request_id == "rid-1" and isinstance(ei.value, MmrmError)
+
+
+def test_422_is_not_retried_and_is_typed(server: Server):
+    err = {"error": {"kind": "limit_exceeded", "message": "image too large", "field": "items[0].response.content[0]",
+                     "limit": 1048576}}
+    server.script.answers.append((422, {}, err))
+    with Client(**fast(server.url)) as c:
+        with pytest.raises(ServiceError) as ei:
+            c.score(samples(1), model="m")
+    e = ei.value
+    assert (e.status, e.kind, e.field, e.limit) == (422, "limit_exceeded", "items[0].response.content[0]", 1048576)
+    assert "image too large" in e.message and isinstance(e, MmrmError)
+    assert e.request_id == server.script.seen[0].headers["x-request-id"]
+    assert len(server.script.seen) == 1
+
+
+def test_500_not_retried_non_json_body(server: Server):
+    server.script.answers.append((500, {}, "internal oops"))
+    with Client(**fast(server.url)) as c:
+        with pytest.raises(ServiceError) as ei:
+            c.score(samples(1), model="m")
+    assert ei.value.status == 500 and ei.value.kind == "http_500" and len(server.script.seen) == 1
+
+
+def test_total_retry_time_cap(server: Server):
+    busy = (503, {"Retry-After": "1"}, {"error": {"kind": "overloaded", "message": "busy"}})
+    server.script.answers.extend([busy] * 20)
+    with Client(**fast(server.url, max_retries=50, max_retry_time=2.5)) as c:
+        t0 = time.monotonic()
+        with pytest.raises(ServiceError) as ei:
+            c.score(samples(1), model="m")
+        took = time.monotonic() - t0
+    assert ei.value.status == 503 and ei.value.kind == "overloaded" and ei.value.retry_after == 1.0
+    assert took < 3.5
+    assert 2 <= len(server.script.seen) <= 3
+
+
+def test_retry_after_beyond_budget_stops_at_once(server: Server):
+    server.script.answers.append((503, {"Retry-After": "30"}, {"error": {"kind": "overloaded", "message": "busy"}}))
+    with Client(**fast(server.url, max_retry_time=5)) as c:
+        t0 = time.monotonic()
+        with pytest.raises(ServiceError):
+            c.score(samples(1), model="m")
+    assert time.monotonic() - t0 < 1.0 and len(server.script.seen) == 1
+
+
+def test_local_validation_names_the_field(server: Server):
+    with Client(**fast(server.url)) as c:
+        with pytest.raises(InvalidInput) as ei:
+            c.score([{"prompt": "q", "response": "1"}, {"prompt": "q"}], model="m")
+    assert ei.value.field.startswith("items[1]")
+    assert server.script.seen == []
+
+
+def test_score_many_order_and_concurrency(server: Server):
+    server.script.delay = slow_first_batches
+    with Client(**fast(server.url)) as c:
+        res = c.score_many(samples(50), model="m", batch_size=10, concurrency=4, request_id="job")
+    assert [r.value for r in res] == [float(i) for i in range(50)]
+    assert len(server.script.seen) == 5
+    assert 2 <= server.script.max_in_flight <= 4
+    assert sorted(s.headers["x-request-id"] for s in server.script.seen) == [f"job.{k}" for k in range(5)]
+
+
+def test_score_many_propagates_first_error(server: Server):
+    def answer(path: str, body: Any):
+        if _reward_of(body["items"][0]) == 10:
+            return 422, {}, {"error": {"kind": "invalid_input", "message": "bad", "field": "items[0]"}}
+        return default_answer(path, body)
+
+    server.script.answers.extend([answer] * 3)
+    with Client(**fast(server.url)) as c:
+        with pytest.raises(ServiceError) as ei:
+            c.score_many(samples(30), model="m", batch_size=10, concurrency=1)
+    assert ei.value.status == 422
+
+
+def test_compare_rank_judge_models_health(server: Server):
+    with Client(**fast(server.url)) as c:
+        cmp = c.compare([{"prompt": "q", "response_a": "a", "response_b": "b"}], model="m")
+        assert cmp[0].prob_a_wins == 0.75
+        rk = c.rank([{"prompt": "q", "responses": ["a", "b"]}], model="m")
+        assert isinstance(rk[0], RankResult) and [r.value for r in rk[0].results] == [0.0, 1.0]
+        assert rk[0].normalized == [-1.0, 1.0]
+        jd = c.judge(samples(2), judge="j", mode="pointwise", rubric="helpfulness", extra={"references": ["x", "y"]})
+        assert [r.value for r in jd] == [7.0, 7.0]
+        assert c.models() == [{"id": "rm-test", "object": "model"}]
+        assert c.health() == {"status": "ok"}
+        assert c.ready() is False
+    by_path = {s.path: s for s in server.script.seen}
+    assert by_path["/v1/judge"].body["rubric"] == "helpfulness"
+    assert by_path["/v1/judge"].body["references"] == ["x", "y"]
+    assert by_path["/v1/judge"].body["mode"] == "pointwise"
+    assert [s.path for s in server.script.seen].count("/readyz") == 1  # readiness is never retried
+
+
+def test_bad_response_is_typed(server: Server):
+    server.script.answers.append((200, {}, _envelope("score", [])))
+    with Client(**fast(server.url)) as c:
+        with pytest.raises(ServiceError, match="expected 1 result"):
+            c.score(samples(1), model="m")
+
+
+# --------------------------------------------------------------------------------------------------
+# The async client does the same
+
+
+def test_async_client_mirrors_sync(server: Server):
+    server.script.answers.append((503, {"Retry-After": "1"}, {"error": {"kind": "overloaded", "message": "busy"}}))
+    server.script.answers.append(default_answer)
+    server.script.answers.append((422, {}, {"error": {"kind": "invalid_input", "message": "no", "field": "items[0]",
+                                                      "limit": None}}))
+
+    async def main() -> None:
+        async with AsyncClient(**fast(server.url)) as c:
+            res = await c.score(samples(3), model="m")
+            assert [r.value for r in res] == [0.0, 1.0, 2.0]
+            with pytest.raises(ServiceError) as ei:
+                await c.score(samples(1), model="m")
+            assert ei.value.status == 422 and ei.value.field == "items[0]"
+            server.script.delay = slow_first_batches
+            many = await c.score_many(samples(50), model="m", batch_size=10, concurrency=4)
+            assert [r.value for r in many] == [float(i) for i in range(50)]
+            assert (await c.compare([{"prompt": "q", "response_a": "a", "response_b": "b"}], model="m"))[0].value == 0.75
+            assert (await c.rank([{"prompt": "q", "responses": ["a"]}], model="m"))[0].normalized == [-1.0]
+            assert (await c.health())["status"] == "ok"
+            assert await c.models() == [{"id": "rm-test", "object": "model"}]
+
+    asyncio.run(main())
+    first, second = server.script.seen[:2]
+    assert second.at - first.at >= 1.0
+    assert first.headers["x-request-id"] == second.headers["x-request-id"]
+    assert len(server.script.seen) == 3 + 5 + 4
+    assert 2 <= server.script.max_in_flight <= 4
+
+
+def test_async_connection_refused_then_up_and_cap():
+    port = _free_port()
+    holder: dict[str, Server] = {}
+
+    async def main() -> None:
+        async with AsyncClient(**fast(f"http://127.0.0.1:{port}", max_retries=30, max_retry_time=10)) as c:
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.5, lambda: holder.setdefault("s", Server(port)))
+            assert (await c.score(samples(1), model="m"))[0].value == 0.0
+        async with AsyncClient(**fast(f"http://127.0.0.1:{_free_port()}", max_retries=100, max_retry_time=0.6)) as c:
+            t0 = time.monotonic()
+            with pytest.raises(TransportError):
+                await c.score(samples(1), model="m")
+            assert time.monotonic() - t0 < 1.5
+
+    try:
+        asyncio.run(main())
+    finally:
+        if "s" in holder:
+            holder["s"].stop()
+
+
+def test_argument_checks():
+    with pytest.raises(ValueError, match="max_retries"):
+        Client(base_url="http://127.0.0.1:1", max_retries=-1)
+    with pytest.raises(TypeError):
+        Client("http://127.0.0.1:1")  # type: ignore[misc]  # keyword-only
+    with Client(base_url="http://127.0.0.1:1/", token=None) as c:
+        assert c.base_url == "http://127.0.0.1:1"
+        with pytest.raises(ValueError, match="exactly one"):
+            c.judge(judge="j")
+        with pytest.raises(ValueError, match="batch_size"):
+            c.score_many(samples(1), model="m", batch_size=0)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import mmrm.rm.client as client_module
+
+    res = doctest.testmod(client_module, optionflags=doctest.ELLIPSIS)
+    assert res.failed == 0 and res.attempted > 0
