@@ -10,10 +10,18 @@ from mmrm.rm.normalize import group_normalize
 from mmrm.rm.types import ScoreResult
 
 
+def sigmoid(x: float) -> float:
+    """The logistic function, without overflow for large |x|."""
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
 def pair_result(a: ScoreResult, b: ScoreResult) -> ScoreResult:
     """The pair record from the two sides' reward results: P(A>B) = sigmoid(r_A - r_B)."""
     if a.ok and b.ok:
-        prob = 1.0 / (1.0 + math.exp(-(a.value - b.value)))  # type: ignore[operator]
+        prob = sigmoid(a.value - b.value)  # type: ignore[operator]
         return ScoreResult(value=prob, prob_a_wins=prob, provenance=a.provenance,
                            details={"reward_a": a.value, "reward_b": b.value})
     bad, side = (a, "response_a") if not a.ok else (b, "response_b")

@@ -16,7 +16,7 @@ image, a GUI frame). Media sources are strings whose accepted forms are listed o
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -169,11 +169,13 @@ def _coerce_prompt(value: Any) -> Any:
     return value
 
 
-class Sample(_Strict):
-    """Prompt messages and one response to score."""
+class _Scored(_Strict):
+    """Prompt messages plus response field(s); shared coercions so every form converts the same way."""
 
-    prompt: list[Message] = Field(description="Conversation before the response (ends with a user turn).")
-    response: Message = Field(description="The assistant response to score (may contain images).")
+    prompt: list[Message] = Field(description="Conversation before the response(s) (ends with a user turn).")
+    #: fields holding one response / a list of responses (coerced from strings, parts or messages)
+    response_fields: ClassVar[tuple[str, ...]] = ()
+    response_list_fields: ClassVar[tuple[str, ...]] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -182,11 +184,22 @@ class Sample(_Strict):
             data = dict(data)
             if "prompt" in data:
                 data["prompt"] = _coerce_prompt(data["prompt"])
-            if "response" in data and not isinstance(data["response"], Message):
-                data["response"] = _coerce_response(data["response"])
+            for k in cls.response_fields:
+                if k in data and not isinstance(data[k], Message):
+                    data[k] = _coerce_response(data[k])
+            for k in cls.response_list_fields:
+                if isinstance(data.get(k), list):
+                    data[k] = [r if isinstance(r, Message) else _coerce_response(r) for r in data[k]]
         return data
 
     _v_prompt = field_validator("prompt")(_check_prompt)
+
+
+class Sample(_Scored):
+    """Prompt messages and one response to score."""
+
+    response: Message = Field(description="The assistant response to score (may contain images).")
+    response_fields: ClassVar[tuple[str, ...]] = ("response",)
 
     @classmethod
     def from_messages(cls, messages: list[Message] | list[dict[str, Any]]) -> "Sample":
@@ -202,26 +215,12 @@ class Sample(_Strict):
         return [*self.prompt, self.response]
 
 
-class Pair(_Strict):
+class Pair(_Scored):
     """Prompt messages and two responses; scorers return P(A > B)."""
 
-    prompt: list[Message]
     response_a: Message
     response_b: Message
-
-    @model_validator(mode="before")
-    @classmethod
-    def _coerce(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = dict(data)
-            if "prompt" in data:
-                data["prompt"] = _coerce_prompt(data["prompt"])
-            for k in ("response_a", "response_b"):
-                if k in data and not isinstance(data[k], Message):
-                    data[k] = _coerce_response(data[k])
-        return data
-
-    _v_prompt = field_validator("prompt")(_check_prompt)
+    response_fields: ClassVar[tuple[str, ...]] = ("response_a", "response_b")
 
     def samples(self) -> tuple[Sample, Sample]:
         return Sample(prompt=self.prompt, response=self.response_a), Sample(prompt=self.prompt, response=self.response_b)
@@ -230,24 +229,11 @@ class Pair(_Strict):
         return Pair(prompt=self.prompt, response_a=self.response_b, response_b=self.response_a)
 
 
-class Group(_Strict):
+class Group(_Scored):
     """Prompt messages and N responses (a GRPO group)."""
 
-    prompt: list[Message]
     responses: list[Message] = Field(min_length=1)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _coerce(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = dict(data)
-            if "prompt" in data:
-                data["prompt"] = _coerce_prompt(data["prompt"])
-            if isinstance(data.get("responses"), list):
-                data["responses"] = [r if isinstance(r, Message) else _coerce_response(r) for r in data["responses"]]
-        return data
-
-    _v_prompt = field_validator("prompt")(_check_prompt)
+    response_list_fields: ClassVar[tuple[str, ...]] = ("responses",)
 
     def samples(self) -> list[Sample]:
         return [Sample(prompt=self.prompt, response=r) for r in self.responses]

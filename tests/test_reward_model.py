@@ -24,7 +24,7 @@ from mmrm.rm import checkpoint as ckpt
 from mmrm.rm.errors import ConfigError, InputTooLong, MediaError, UnsupportedInput
 from mmrm.rm.heads import RewardHead, pool_last_token
 from mmrm.rm.reward_model import RewardModel
-from mmrm.rm.types import Message, Pair, Sample
+from mmrm.rm.types import Pair, Sample
 
 VL_ARCHS = ["qwen2_vl", "qwen2_5_vl"]
 ATOL = 1e-5

@@ -73,6 +73,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mmrm.rm.errors import InvalidInput, MmrmError
+from mmrm.rm.results import sigmoid
 from mmrm.rm.types import Sample, ScoreResult
 from mmrm.serve.compat import (
     _PAD_TOKENS,
@@ -234,13 +235,6 @@ def to_samples(req: RewardRequest) -> list[Sample]:
     return [_sample(i, req) for i in range(len(req.query))]
 
 
-def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)
-
-
 def to_response(
     results: Sequence[ScoreResult],
     *,
@@ -287,7 +281,7 @@ def to_response(
             errors.append(ItemError(index=i, kind=err.kind, message=err.message, field=err.field))
     body = RewardResponse(
         rewards=rewards,
-        scores=[_sigmoid(x) for x in rewards] if scores == "sigmoid" else list(rewards),
+        scores=[sigmoid(x) for x in rewards] if scores == "sigmoid" else list(rewards),
         extra_logs={"mmrm_invalid": flags} if on_invalid == "fill" else {},
         errors=errors or None,
     )

@@ -61,7 +61,6 @@ So for mmrm:
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from collections.abc import Sequence
@@ -70,6 +69,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 
 from mmrm.rm.errors import InvalidInput, MmrmError, UnsupportedInput
+from mmrm.rm.results import sigmoid
 from mmrm.rm.types import Sample, ScoreResult
 from mmrm.serve.compat import media_placeholders, parse_rendered_chat, raise_for_failed, strip_end_tokens, to_messages
 
@@ -316,13 +316,6 @@ class ClassificationResponse(BaseModel):
     usage: UsageInfo
 
 
-def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)
-
-
 def to_response(
     req: ClassificationCompletionRequest | ClassificationChatRequest,
     results: Sequence[ScoreResult],
@@ -350,7 +343,7 @@ def to_response(
     raise_for_failed(results, field=lambda i: _item_field(req, i))
     act = req.apply_activation
     values = [float(r.value) for r in results]  # type: ignore[arg-type]  # all valid after raise_for_failed
-    data = [ClassificationData(index=i, label=LABEL, probs=[_sigmoid(v) if act else v], num_classes=1)
+    data = [ClassificationData(index=i, label=LABEL, probs=[sigmoid(v) if act else v], num_classes=1)
             for i, v in enumerate(values)]
     body = ClassificationResponse(
         id=f"classify-{request_id or req.request_id or uuid.uuid4().hex}",
