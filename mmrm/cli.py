@@ -15,7 +15,10 @@ console = Console(stderr=True)
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[red]error:[/red] {e}")
+    from rich.markup import escape
+
+    # Messages carry field paths like items[0]; escape them so rich does not read them as markup.
+    console.print(f"[red]error:[/red] {escape(str(e))}")
     raise typer.Exit(2)
 
 

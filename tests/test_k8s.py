@@ -69,13 +69,19 @@ def one(kind: str) -> dict[str, Any]:
     return found[0]
 
 
+VENDORED_SCHEMAS = K8S / "schemas"
+
+
+def shared_schema_dirs() -> list[Path]:
+    """The project's shared copy: shared/ in the checkout or beside it (../shared)."""
+    return [base / "shared" / "schemas" for base in (REPO, *REPO.parents)]
+
+
 def schema_dir_candidates() -> list[Path]:
     env = os.environ.get(SCHEMAS_ENV)
     out = [Path(env)] if env else []
-    # The checkout may carry shared/ itself, or sit beside it (../shared), as CI's clean clone does.
-    for base in (REPO, *REPO.parents):
-        out.append(base / "shared" / "schemas")
-    return out
+    # The vendored copy first (a clean clone has it), then the shared copy.
+    return [*out, VENDORED_SCHEMAS, *shared_schema_dirs()]
 
 
 def find_schemas_dir(candidates: Iterable[Path]) -> Path:
@@ -726,3 +732,11 @@ def test_dashboard_metrics_exist_in_live_metrics(dashboard: dict[str, Any], live
 def test_documented_metrics_exist_in_live_metrics(live_metrics_text: str) -> None:
     missing = set(documented_series()) - exposed_series_names(live_metrics_text)
     assert not missing, f"documented metrics missing from the live /metrics: {sorted(missing)}"
+
+
+def test_vendored_crd_matches_the_shared_copy() -> None:
+    """k8s/schemas/ is a copy of the project's shared KubeRay schemas; it must not drift from them."""
+    shared = [d for d in shared_schema_dirs() if (d / "ray.io_rayservices.yaml").is_file()]
+    if not shared:
+        pytest.skip("no shared schemas beside this checkout to compare the vendored copy with")
+    assert (VENDORED_SCHEMAS / "ray.io_rayservices.yaml").read_bytes() == (shared[0] / "ray.io_rayservices.yaml").read_bytes()

@@ -45,6 +45,7 @@ class TrainConfig(BaseModel):
     max_length: int = Field(default=2048, gt=0)
     truncation: Literal["refuse", "left"] = "refuse"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = Field(default="auto", description="auto (CUDA when present), cpu or cuda[:N]; in-process runs.")
 
     # Parameters that control the data
     train_data: Path = Field(description="JSONL or Parquet with prompt/chosen/rejected (+images, margin).")
