@@ -67,3 +67,25 @@ def test_live_update_swaps_checkpoint_and_knobs_without_dropping_requests(
     after = httpx.post(url, json=body, headers=service["headers"], timeout=60).json()["data"][0]
     assert after["provenance"]["fingerprint"] == new and after["value"] != pytest.approx(first["value"], abs=1e-6)
     serve.delete("live")
+
+
+def test_request_deadline_is_504_and_the_service_keeps_serving(service: dict, reward_checkpoint: Path) -> None:
+    from ray import serve
+
+    from mmrm.serve.app import build_app
+
+    args = {"models": [{"name": "slowpoke", "checkpoint": str(reward_checkpoint), "num_cpus": 0.5}],
+            "limits": {"request_timeout_s": 0.2}, "auth": {"token_env": "MMRM_TEST_API_TOKEN"}}
+    serve.run(build_app(args), name="deadline", route_prefix="/deadline")
+    try:
+        url = service["url"] + "/deadline/v1/score"
+        long = {"model": "slowpoke", "items": [{"prompt": "word " * 900, "response": f"answer {i}"} for i in range(48)]}
+        r = httpx.post(url, json=long, headers=service["headers"], timeout=120)
+        assert r.status_code == 504, r.text
+        err = r.json()["error"]
+        assert err["kind"] == "timeout" and err["limit"] == 0.2
+        short = {"model": "slowpoke", "items": [{"prompt": "p", "response": "r"}]}
+        ok = [httpx.post(url, json=short, headers=service["headers"], timeout=60) for _ in range(3)]
+        assert any(x.status_code == 200 for x in ok), [x.status_code for x in ok]
+    finally:
+        serve.delete("deadline")
