@@ -129,5 +129,13 @@ def demo(
     run_demo(workdir, epochs=epochs, limit=limit, port=port, keep_serving=not exit_after, console=console)
 
 
+def _register_eval() -> None:
+    from mmrm.eval.cli import app as eval_app
+
+    app.add_typer(eval_app, name="eval", help="Offline preference-accuracy evaluation (resumable, reports).")
+
+
+_register_eval()
+
 if __name__ == "__main__":
     app()

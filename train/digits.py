@@ -51,6 +51,7 @@ def build_digits_dataset(
             wrong = int(rng.choice([d for d in range(10) if d != true]))
             rows.append({
                 "id": int(i),
+                "category": f"digit {true}",
                 "prompt": PROMPT,
                 "images": [name],
                 "chosen": f"The digit is {true}.",

@@ -1,0 +1,65 @@
+"""``mmrm eval`` (typer sub-app): run with a reward checkpoint, resume, report, refuse missing media."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mmrm.eval.cli import app
+from typer.testing import CliRunner
+
+runner = CliRunner()
+
+
+def test_list_names_every_loader() -> None:
+    res = runner.invoke(app, ["list"])
+    assert res.exit_code == 0
+    for name in ("vl-rewardbench", "mm-rlhf-rewardbench", "multimodal-rewardbench", "rewardbench", "preference"):
+        assert name in res.output
+
+
+def test_run_resume_and_report(tmp_path: Path, reward_checkpoint: Path, digits_eval_data: Path) -> None:
+    out = tmp_path / "out"
+    args = ["run", "preference", str(digits_eval_data), "--checkpoint", str(reward_checkpoint), "--out", str(out),
+            "--limit", "10", "--batch-size", "5", "--blank-images", "--device", "cpu", "--resamples", "200",
+            "--summary-json", str(tmp_path / "s1.json")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "accuracy (pooled, tie = wrong)" in res.output and "image reliance" in res.output
+    s1 = json.loads((tmp_path / "s1.json").read_text())
+    assert (s1["scored"], s1["already_done"], s1["forward_calls"]) == (20, 0, 4)
+    for f in ("report.md", "report.html", "report.json", "per_category.png", "reliability.png", "score_hist.png", "results.jsonl"):
+        assert (out / f).is_file(), f
+    md = (out / "report.md").read_text()
+    assert "mmrm eval run preference" in md and "![per-category accuracy](per_category.png)" in md
+
+    args[-1] = str(tmp_path / "s2.json")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    s2 = json.loads((tmp_path / "s2.json").read_text())
+    assert (s2["scored"], s2["already_done"], s2["forward_calls"]) == (0, 20, 0)
+
+    res = runner.invoke(app, ["report", str(out / "results.jsonl"), "--out", str(tmp_path / "rep2"), "--resamples", "100"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "rep2" / "report.json").read_text())["n_pairs"] == 10
+
+
+def test_missing_images_refused_unless_placeholders_asked(tmp_path: Path, reward_checkpoint: Path) -> None:
+    rows = [{"id": i, "prompt": "Which digit?", "images": [f"gone/{i}.png"], "chosen": "The digit is 1.",
+             "rejected": "The digit is 7."} for i in range(4)]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = ["run", "preference", str(data), "--checkpoint", str(reward_checkpoint), "--out", str(tmp_path / "o"),
+            "--device", "cpu", "--resamples", "50"]
+    res = runner.invoke(app, base)
+    assert res.exit_code == 2 and "missing" in res.output and "--placeholder-images" in res.output
+    assert not (tmp_path / "o" / "results.jsonl").exists()
+    res = runner.invoke(app, [*base, "--placeholder-images"])
+    assert res.exit_code == 0, res.output
+    assert "placeholder" in res.output.lower()
+    assert "Warning" in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_one_scorer_required(tmp_path: Path, digits_eval_data: Path) -> None:
+    res = runner.invoke(app, ["run", "preference", str(digits_eval_data), "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "exactly one scorer" in res.output
