@@ -164,3 +164,200 @@ def live_metrics_text(service: dict) -> str:
     httpx.post(service["url"] + "/v1/score", json={"model": "nope", "items": body["items"]}, headers=h, timeout=60)
     httpx.post(service["url"] + "/v1/score", json=body, timeout=60)  # 401: errors move too
     return httpx.get(service["url"] + "/metrics", timeout=30).text
+
+
+# --------------------------------------------------------------------------------------------------
+# Reliability tests (tests/test_reliability_*.py, tests/test_fuzz_*.py): one more application, "rel"
+# at /rel, on the SAME Ray cluster and Serve instance as `service`. It has what the main app lacks:
+# a model with 2 replicas (kill one mid-batch), media over http(s) switched ON (so the address
+# rules are what refuses loopback/private/metadata URLs, not the switch), a small media byte cap,
+# Serve's own queue kept short (its back-pressure must map to 503 too), a per-token rate limit, and
+# an `openai` judge whose server misbehaves on purpose (StubServer below).
+
+REL_PREFIX = "/rel"
+
+
+class StubServer:
+    """A real HTTP server on 127.0.0.1 playing two outside parties.
+
+    * An OpenAI-compatible judge server (``POST /v1/chat/completions``) whose behaviour is chosen by
+      a marker in the judged text: ``[[sleep]]`` answers after the client's timeout, ``[[garbage]]``
+      sends a body that is not JSON, ``[[500]]`` a server error, ``[[shape]]`` JSON of the wrong
+      shape, ``[[nologprobs]]`` a completion without logprobs; anything else gets a well-formed
+      logprobs answer (P("4") = 0.6, P("5") = 0.4).
+    * A media host (``GET /img.png``, ``GET /redirect?to=URL``) that hostile-URL tests point at: it
+      records every request, so a test can prove the service never connected to it.
+    """
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import math
+        import threading
+        from urllib.parse import parse_qs, urlsplit
+
+        from helpers import image_array, png_bytes
+
+        self.stop = threading.Event()
+        self.requests: list[tuple[str, str]] = []  # (method, path)
+        self.auth_headers: list[str | None] = []
+        png = png_bytes(image_array(28, 28, seed=7))
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeouts do)
+                    pass
+
+            def do_GET(self) -> None:  # noqa: N802
+                stub.requests.append(("GET", self.path))
+                url = urlsplit(self.path)
+                if url.path == "/img.png":
+                    self._send(200, png, "image/png")
+                elif url.path == "/redirect":
+                    self.send_response(302)
+                    self.send_header("Location", parse_qs(url.query)["to"][0])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                else:
+                    self._send(404, b'{"error": "not found"}')
+
+            def do_POST(self) -> None:  # noqa: N802
+                stub.requests.append(("POST", self.path))
+                stub.auth_headers.append(self.headers.get("Authorization"))
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.path.rstrip("/").endswith("/tokenize"):
+                    return self._send(404, b'{"error": "no tokenizer here"}')
+                text = body.decode("utf-8", "replace")
+                if "[[sleep]]" in text:
+                    stub.stop.wait(30)  # far past the backend's timeout_s
+                    return self._send(200, b"{}")
+                if "[[garbage]]" in text:
+                    return self._send(200, b"<html>this is not json{", "text/html")
+                if "[[500]]" in text:
+                    return self._send(500, b'{"error": "the model fell over"}')
+                if "[[shape]]" in text:
+                    return self._send(200, json.dumps({"choices": [], "id": 3}).encode())
+                message = {"role": "assistant", "content": "4"}
+                if "[[nologprobs]]" in text:
+                    choice = {"index": 0, "message": message, "finish_reason": "length"}
+                else:
+                    top = [{"token": "4", "logprob": math.log(0.6)}, {"token": "5", "logprob": math.log(0.4)}]
+                    choice = {"index": 0, "message": message, "finish_reason": "length",
+                              "logprobs": {"content": [{"token": "4", "logprob": math.log(0.6), "top_logprobs": top}]}}
+                self._send(200, json.dumps({"id": "stub", "object": "chat.completion", "choices": [choice],
+                                            "usage": {"prompt_tokens": 1, "completion_tokens": 1}}).encode())
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def stub_server():
+    s = StubServer()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def rel_serve_args(checkpoint: Path, media_root: Path, stub_url: str) -> dict:
+    """The "rel" application's mmrm ``args`` block (a ServiceConfig)."""
+    return {
+        "models": [{"name": "tiny2", "checkpoint": str(checkpoint), "num_replicas": 2, "num_cpus": 0.5,
+                    "max_batch_size": 16, "batch_wait_timeout_s": 0.02,
+                    "max_ongoing_requests": 4, "max_queued_requests": 4}],
+        "judges": [{"name": "flaky", "num_cpus": 0.25, "judge": {"min_label_mass": 0.0},
+                    "backend": {"type": "openai", "base_url": stub_url + "/v1", "model": "stub-judge",
+                                "timeout_s": 1.0, "max_retries": 0, "prefill": "none",
+                                "api_key_env": SERVICE_TOKEN_ENV}}],
+        "limits": {"media": {"allowed_roots": [str(media_root)], "allow_http": True, "max_bytes": 256 * 1024,
+                             "http_timeout_s": 3},
+                   "max_body_bytes": 8 * 1024 * 1024, "max_items": 64},
+        "admission": {"max_inflight": 16, "retry_after_s": 1},
+        "auth": {"token_env": SERVICE_TOKEN_ENV, "protect_metrics": True,
+                 "rate_limit": {"requests_per_s": 40, "burst": 60}},
+        "ingress_num_cpus": 0.25,
+    }
+
+
+def deploy_rel(args: dict) -> None:
+    """(Re)deploy the "rel" application on the running Serve instance; returns when it is running."""
+    from ray import serve
+
+    from mmrm.serve.app import build_app
+
+    serve.run(build_app(args), name="rel", route_prefix=REL_PREFIX, blocking=False)
+
+
+@pytest.fixture(scope="session")
+def rel_service(service: dict, stub_server: StubServer) -> dict:
+    """The "rel" application (see above), deployed beside `service` on the same cluster."""
+    args = rel_serve_args(service["checkpoint"], service["media_root"], stub_server.url)
+    deploy_rel(args)
+    return {**service, "url": service["url"] + REL_PREFIX, "root": service["url"], "args": args,
+            "stub": stub_server, "model": "tiny2", "judge": "flaky"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Offline evaluation (mmrm.eval): a small digits preference set with real images, built once.
+
+
+@pytest.fixture(scope="session")
+def digits_eval_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``eval.jsonl`` of the digits demo set (30 held-out pairs, real scanned digits as PNGs)."""
+    from mmrm.train.digits import build_digits_dataset
+
+    _, eval_file = build_digits_dataset(tmp_path_factory.mktemp("digits_eval"), seed=0, limit=150)
+    return eval_file
+
+
+# --------------------------------------------------------------------------------------------------
+# RL adapters (tests/test_adapters*.py, tests/test_grpo*.py): one more application on the SAME Serve.
+# OpenRLHF's and verl's clients send no Authorization header, so this app has no auth; it is sized with
+# mmrm.rm.adapters.openrlhf.size_service for a small OpenRLHF run (4 prompts x 4 samples per step).
+
+RL_COMPAT_ROLLOUT = {"rollout_batch_size": 4, "n_samples_per_prompt": 4}
+
+
+@pytest.fixture(scope="session")
+def rl_compat_service(service: dict) -> dict:
+    """``{"url", "args", "sizing"}`` of an auth-less app at ``/rlcompat`` scoring with the session's checkpoint."""
+    from ray import serve
+
+    from mmrm.rm.adapters.openrlhf import size_service
+    from mmrm.serve.app import build_app
+
+    sizing = size_service(**RL_COMPAT_ROLLOUT)
+    knobs = sizing.args()
+    args = {
+        "models": [{"name": "tiny", "checkpoint": str(service["checkpoint"]), "num_cpus": 1, "max_batch_size": 16,
+                    "batch_wait_timeout_s": 0.02, **knobs["model"]}],
+        "limits": {"media": {"allowed_roots": [str(service["media_root"])]}, **knobs["limits"]},
+        "admission": knobs["admission"],
+        "ingress_num_cpus": 0.25,
+    }
+    serve.run(build_app(args), name="rlcompat", route_prefix="/rlcompat", blocking=False)
+    return {"url": service["url"] + "/rlcompat", "args": args, "sizing": sizing}
