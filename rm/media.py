@@ -24,8 +24,8 @@ is its first frame; an animated GIF/WebP/PNG used as a *video* gives all its fra
 (transparent pixels become white, as Qwen2-VL's own loader does).
 
 Limits (see :class:`MediaPolicy`): encoded bytes per item (base64 is measured before decoding,
-HTTP bodies while streaming), pixels per image read from the header *before* decoding (stops
-decompression bombs), frames and total pixels per video, and for HTTP a total time budget and a
+HTTP bodies while streaming), pixels and aspect ratio per image read from the header *before*
+decoding (stops decompression bombs), frames and total pixels per video, and for HTTP a total time budget and a
 redirect limit. Resizing into a model's pixel range is a separate step, :func:`fit_pixels`.
 
 Every refusal raises a typed error from :mod:`mmrm.rm.errors` (``MediaError``, ``MediaForbidden``,
@@ -132,6 +132,12 @@ class MediaPolicy(BaseModel):
         default=40_000_000,
         gt=0,
         description="Pixels per image (or video frame) as declared by its header; checked before decoding.",
+    )
+    max_aspect_ratio: float = Field(
+        default=_MAX_ASPECT_RATIO,
+        ge=1,
+        description="Longer side / shorter side per image, from the header (vision processors such as "
+        "Qwen2-VL's refuse more than 200 with an untyped error).",
     )
     max_frames: int = Field(default=64, gt=0, description="Frames per video or animated image.")
     max_video_pixels: int = Field(
@@ -597,6 +603,12 @@ class MediaLoader:
         if w * h > self.policy.max_pixels:
             raise LimitExceeded(
                 f"image is {w}x{h} = {w * h} pixels, more than max_pixels", field=field, limit=self.policy.max_pixels
+            )
+        if max(w, h) / min(w, h) > self.policy.max_aspect_ratio:
+            raise LimitExceeded(
+                f"image is {w}x{h}, an aspect ratio of {max(w, h) / min(w, h):.0f}, more than max_aspect_ratio",
+                field=field,
+                limit=self.policy.max_aspect_ratio,
             )
 
     def _decode_still(self, fetched: _Fetched, field: str, budget: _PixelBudget | None) -> Image.Image:

@@ -143,6 +143,11 @@ class RateLimit(_Strict):
 class Auth(_Strict):
     token_env: str | None = Field(default=None, description="Env var holding the bearer token; unset = auth off.")
     protect_metrics: bool = Field(default=False, description="Require the token on /metrics too.")
+    open_routes: list[Literal["/get_reward", "/classify"]] = Field(
+        default_factory=list,
+        description="Compatibility routes reachable WITHOUT the token, for RL stacks whose clients cannot send "
+        "one (OpenRLHF, verl). Use only on a private network.",
+    )
     rate_limit: RateLimit | None = None
 
 
@@ -158,7 +163,9 @@ class OpenRLHFCompat(_Strict):
 class Compat(_Strict):
     openrlhf: OpenRLHFCompat = Field(default_factory=OpenRLHFCompat)
     classify_default_model: str | None = Field(
-        default=None, description="Model used by /classify when the body names none (default: the first)."
+        default=None,
+        description="Model used by /classify when the body names none or a name that is not served (verl sends "
+        "the reward model's path as `model`). Unset: none given -> the first model; unknown name -> 404.",
     )
 
 

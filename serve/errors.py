@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from mmrm.rm import errors as e
 
@@ -97,10 +98,12 @@ def validation_error(exc: RequestValidationError) -> e.InvalidInput:
 
 def from_ray(exc: BaseException) -> e.MmrmError | None:
     """Ray/Serve failures that mean 'try again soon', not a server bug."""
-    name = type(exc).__name__
-    if name in {"BackPressureError"}:
+    # By class name along the MRO (no Ray import here): subclasses count, and so does Ray's
+    # RayTaskError(<cause>) wrapper, which subclasses the class of the error it carries.
+    names = {c.__name__ for c in type(exc).__mro__}
+    if "BackPressureError" in names:
         return e.Overloaded("the model's queue is full; retry later", retry_after=1.0)
-    if name in {"RayActorError", "ActorDiedError", "ActorUnavailableError", "DeploymentUnavailableError"}:
+    if names & {"RayActorError", "ActorDiedError", "ActorUnavailableError", "DeploymentUnavailableError"}:
         return ReplicaUnavailable("a model replica became unavailable during the request; retry", retry_after=1.0)
     return None
 
@@ -111,6 +114,15 @@ def install(app: Any) -> None:
     @app.exception_handler(e.MmrmError)
     async def _mmrm(request: Request, exc: e.MmrmError) -> JSONResponse:
         return error_response(exc, getattr(request.state, "request_id", None))
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        # Raised by FastAPI/Starlette themselves (a body that is not UTF-8 or cannot be parsed: 400,
+        # an unknown route: 404, a wrong method: 405): same envelope as every other error.
+        kinds = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+        body = {"kind": kinds.get(exc.status_code, f"http_{exc.status_code}"), "message": str(exc.detail),
+                "field": "body" if exc.status_code == 400 else None, "limit": None}
+        return JSONResponse({"error": body}, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -12,7 +12,7 @@ import uuid
 from typing import Any, Awaitable, Callable
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mmrm.rm.errors import ConfigError, InvalidInput, MmrmError, Overloaded, PayloadTooLarge
@@ -21,7 +21,9 @@ from mmrm.rm.types import ScoreResult
 from mmrm.serve import metrics as m
 from mmrm.serve.compat import openrlhf, vllm_classify
 from mmrm.serve.config import ServiceConfig
-from mmrm.serve.errors import NotFound, RateLimited, Timeout, Unauthorized, error_response, from_wire, install
+from mmrm.serve.errors import (
+    NotFound, RateLimited, Timeout, Unauthorized, error_response, from_ray, from_wire, install,
+)
 from mmrm.serve.protocol import (
     CompareRequest, CompareResponse, ErrorResponse, GroupResult, ItemResult, JudgeRequest, JudgeResponse, ModelCard,
     ModelList, RankRequest,
@@ -127,15 +129,17 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
         path = request.url.path
         if root and path.startswith(root):
             path = path[len(root):] or "/"
-        needs_auth = token is not None and path not in OPEN_ROUTES and (path != "/metrics" or cfg.auth.protect_metrics)
+        needs_auth = (token is not None and path not in OPEN_ROUTES and path not in cfg.auth.open_routes
+                      and (path != "/metrics" or cfg.auth.protect_metrics))
+        scheme, _, cred = request.headers.get("authorization", "").partition(" ")
         if needs_auth:
-            got = request.headers.get("authorization", "")
-            scheme, _, cred = got.partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(cred.encode(), token.encode()):  # type: ignore[union-attr]
                 m.ERRORS.labels(path, "unauthorized").inc()
                 return error_response(Unauthorized("missing or wrong bearer token", field="Authorization"), rid)
         if bucket is not None and path not in OPEN_ROUTES and path != "/metrics":  # scrapers are not rate-limited
-            key = request.headers.get("authorization", request.client.host if request.client else "")
+            # One bucket per credential (not per spelling of the header: "bearer X" and "Bearer X" are the
+            # same caller); without auth, per client address (a made-up header must not buy a new bucket).
+            key = "token:" + cred if token is not None else "addr:" + (request.client.host if request.client else "")
             wait = bucket.take(key)
             if wait:
                 m.REJECTED.labels("rate_limited").inc()
@@ -165,22 +169,38 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
             raise NotFound(f"unknown model {name!r}; see GET /v1/models", field="model", limit=sorted(handles))
         return handles[name]
 
-    async def call(route: str, model: str, samples: list[dict[str, Any]], fields: list[str], rid: str) -> list[ScoreResult]:
-        h = handle(model)
+    async def replica_call(route: str, name: str, what: str, work: Awaitable[Any], *, record: bool = True) -> Any:
+        """Await a replica with the request deadline. Ray/Serve failures that mean "retry soon" (a
+        dead replica, Serve's own queue full) become typed errors HERE: Serve registers its own
+        FastAPI handlers for some of them (plain-text 503 without Retry-After), which would bypass
+        the one mapping in mmrm.serve.errors."""
         t0 = time.perf_counter()
         code = "200"
         try:
-            out = await asyncio.wait_for(h.score.remote(samples, rid, fields), timeout)
+            return await asyncio.wait_for(work, timeout)
         except asyncio.TimeoutError:
             code = "504"
-            raise Timeout(f"scoring did not finish within {timeout} s", field="request", limit=timeout) from None
+            raise Timeout(f"{what} did not finish within {timeout} s", field="request", limit=timeout) from None
         except MmrmError as e:
             code = "4xx"
             m.ERRORS.labels(route, e.kind).inc()
             raise
+        except Exception as e:
+            mapped = from_ray(e)
+            if mapped is None:
+                code = "500"
+                raise  # a server fault: the 500 handler logs it
+            code = "503"
+            m.ERRORS.labels(route, mapped.kind).inc()
+            raise mapped from None
         finally:
-            m.LATENCY.labels(route, model).observe(time.perf_counter() - t0)
-            m.REQUESTS.labels(route, model, code).inc()
+            if record:
+                m.LATENCY.labels(route, name).observe(time.perf_counter() - t0)
+                m.REQUESTS.labels(route, name, code).inc()
+
+    async def call(route: str, model: str, samples: list[dict[str, Any]], fields: list[str], rid: str) -> list[ScoreResult]:
+        h = handle(model)
+        out = await replica_call(route, model, "scoring", h.score.remote(samples, rid, fields))
         if "error" in out:
             err = from_wire(out["error"])
             m.ERRORS.labels(route, err.kind).inc()
@@ -253,17 +273,8 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
         check_count(n, "items" if req.items is not None else "pairs")
         if req.judge not in judges:
             raise NotFound(f"unknown judge {req.judge!r}; see GET /v1/models", field="judge", limit=sorted(judges))
-        t0 = time.perf_counter()
-        code = "200"
-        try:
-            out = await asyncio.wait_for(judges[req.judge].judge.remote(req.model_dump(mode="json"), request.state.request_id),
-                                         timeout)
-        except asyncio.TimeoutError:
-            code = "504"
-            raise Timeout(f"judging did not finish within {timeout} s", field="request", limit=timeout) from None
-        finally:
-            m.LATENCY.labels("/v1/judge", req.judge).observe(time.perf_counter() - t0)
-            m.REQUESTS.labels("/v1/judge", req.judge, code).inc()
+        out = await replica_call("/v1/judge", req.judge, "judging",
+                                 judges[req.judge].judge.remote(req.model_dump(mode="json"), request.state.request_id))
         if "error" in out:
             err = from_wire(out["error"])
             m.ERRORS.labels("/v1/judge", err.kind).inc()
@@ -280,7 +291,7 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
             raise NotFound("no reward model is served", field="model")
         return next(iter(handles))
 
-    @app.post(openrlhf.ROUTE, response_model=openrlhf.RewardResponse, responses=_ERRORS,
+    @app.post(openrlhf.ROUTE, response_model=openrlhf.RewardResponse, response_model_exclude_none=True, responses=_ERRORS,
               summary="OpenRLHF remote reward protocol")
     async def get_reward(req: openrlhf.RewardRequest, request: Request) -> dict[str, Any]:
         """OpenRLHF's ``--reward.remote_url`` body (``query``/``prompts``/``labels``, plus mmrm's ``images``)."""
@@ -297,7 +308,9 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
     async def classify(body: dict[str, Any], request: Request) -> dict[str, Any]:
         """vLLM's ``/classify`` request and response; the reward is ``data[i].probs[0]``."""
         req = vllm_classify.parse_request(body)
-        model = default_model(req.model or cfg.compat.classify_default_model)
+        fallback = cfg.compat.classify_default_model
+        name = req.model if (req.model in handles or not fallback) else fallback
+        model = default_model(name or fallback)
         samples = vllm_classify.to_samples(req)
         check_count(len(samples), "input")
         res = await call("/classify", model, [s.model_dump(mode="json") for s in samples],
@@ -307,7 +320,8 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
 
     @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
     async def models() -> ModelList:
-        cards = await asyncio.gather(*(h.info.remote() for h in [*handles.values(), *judges.values()]))
+        cards = await replica_call("/v1/models", "", "listing models", record=False,
+                                   work=asyncio.gather(*(h.info.remote() for h in [*handles.values(), *judges.values()])))
         return ModelList(data=[ModelCard(**c) for c in cards])
 
     @app.get("/healthz")
@@ -324,7 +338,8 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
             return JSONResponse({"status": "not ready", "reason": type(e).__name__}, status_code=503)
         return JSONResponse({"status": "ready", "models": sorted(handles), "judges": sorted(judges)})
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses={401: {"model": ErrorResponse}},
+             summary="Prometheus metrics (text exposition format)")
     async def metrics() -> Response:
         return Response(m.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 

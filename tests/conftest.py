@@ -361,3 +361,59 @@ def rl_compat_service(service: dict) -> dict:
     }
     serve.run(build_app(args), name="rlcompat", route_prefix="/rlcompat", blocking=False)
     return {"url": service["url"] + "/rlcompat", "args": args, "sizing": sizing}
+
+
+# --------------------------------------------------------------------------------------------------
+# Reliability tests (continued): the processes of a running Serve application, for kill tests and RSS
+# measurements (plain functions; the tests import them from conftest). Replicas are named
+# actors in Serve's namespace; each pid is asked of the actor itself (``__ray_call__`` runs a function
+# inside it), so a dead or restarting replica simply does not answer. Ray's state API would need the
+# dashboard, which the test cluster does not run.
+
+
+def _actor_pid(name: str) -> int:
+    import ray
+
+    h = ray.get_actor(name, namespace="serve")
+    return ray.get(h.__ray_call__.remote(lambda _self: os.getpid()), timeout=30)
+
+
+def replica_pids(app: str, deployment: str) -> dict[str, int]:
+    """Live Serve replicas of one deployment: actor name -> process id."""
+    import ray
+
+    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    out = {}
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        if a["namespace"] == "serve" and a["name"].startswith(prefix):
+            try:
+                out[a["name"]] = _actor_pid(a["name"])
+            except Exception:  # noqa: BLE001 - dead, restarting or not yet started: not live
+                continue
+    return out
+
+
+def wait_for_replicas(app: str, deployment: str, n: int, exclude: frozenset[int] = frozenset(),
+                      timeout: float = 120) -> dict[str, int]:
+    """At least ``n`` live replicas whose pid is not in ``exclude`` (e.g. one that was killed)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reps = {k: v for k, v in replica_pids(app, deployment).items() if v not in exclude}
+        if len(reps) >= n:
+            return reps
+        time.sleep(0.5)
+    raise AssertionError(f"{app}/{deployment}: fewer than {n} live replicas after {timeout} s")
+
+
+def service_pids(app: str) -> dict[str, int]:
+    """Every process that serves ``app``: its replicas (ingress, models, judges) and Serve's proxy."""
+    import ray
+
+    out = {}
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        name = a["name"]
+        if a["namespace"] == "serve" and (name.startswith(f"SERVE_REPLICA::{app}#") or name.startswith("SERVE_PROXY_ACTOR")):
+            out[name] = _actor_pid(name)
+    return out

@@ -219,7 +219,11 @@ def _sample(i: int, req: RewardRequest) -> Sample:
         response = rc.turns[-1].content
         if not all(t.closed for t in turns):
             raise InvalidInput("an earlier turn of the query is not closed", field=f"query[{i}]")
-    messages = to_messages(turns, images=images, field=f"images[{i}]")
+    try:
+        messages = to_messages(turns, images=images, field=f"images[{i}]")
+    except ValidationError as e:  # e.g. an empty image source: the client's input, not a server fault
+        raise InvalidInput(f"invalid image source: {e.errors()[0].get('msg', 'invalid value')}",
+                           field=f"images[{i}]") from e
     try:
         return Sample(prompt=messages, response=strip_end_tokens(response))
     except ValidationError as e:

@@ -1,0 +1,297 @@
+"""The reward callable (mmrm.rm.reward_fn) and shaping (mmrm.rm.shaping).
+
+In-process and remote paths score the same checkpoint (the session's ``reward_checkpoint``, a tiny
+Qwen2-VL with a seeded head) and must agree; shaping formulas are pinned against hand computations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import doctest
+import io
+import json
+import logging
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import image_array, png_bytes, png_data_uri
+from mmrm.rm import reward_fn as rf
+from mmrm.rm import shaping as sh
+from mmrm.rm.errors import InvalidInput, UnsupportedInput
+from mmrm.rm.normalize import group_normalize
+from mmrm.rm.reward_fn import RewardFn, exact_match, media_source, to_sample
+from mmrm.rm.shaping import Shaping, apply_shaping, sigmoid
+from mmrm.rm.types import Sample
+
+IMG = png_data_uri(image_array(56, 56, seed=1))
+
+
+def _pil(seed: int = 1):
+    from PIL import Image
+
+    return Image.fromarray(image_array(56, 56, seed=seed))
+
+
+# ==================================================================================================
+# Conversions INTO Sample
+
+
+def test_string_prompt_and_completion():
+    s = to_sample("2+2?", "4")
+    assert [(m.role, m.text) for m in s.messages] == [("user", "2+2?"), ("assistant", "4")]
+
+
+def test_trl_multimodal_prompt_exactly_as_trl_builds_it():
+    # GRPOTrainer runs prepare_multimodal_messages on conversational prompts when the dataset has images,
+    # and ALSO passes the images column: the prompt's images must be used once.
+    from trl.data_utils import prepare_multimodal_messages
+
+    prompt = prepare_multimodal_messages([{"role": "system", "content": "Be brief."},
+                                          {"role": "user", "content": "What is it?"}], images=[_pil()])
+    s = to_sample(prompt, [{"role": "assistant", "content": "A square."}], images=[_pil()])
+    user = s.prompt[1]
+    assert [p.type for p in user.parts] == ["image_url", "text"]
+    assert user.parts[0].url == media_source(_pil())  # PIL -> lossless PNG data URI, deterministic
+    assert s.response.text == "A square." and s.prompt[0].text == "Be brief."
+
+
+def test_placeholders_filled_in_order_and_images_prepended_without_placeholders():
+    a, b = png_data_uri(image_array(28, 28, 2)), png_data_uri(image_array(28, 28, 3))
+    s = to_sample([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "vs"}, {"type": "image"}]}],
+                  "same", images=[a, b])
+    assert [p.url for p in s.prompt[0].media] == [a, b]
+    s = to_sample([{"role": "system", "content": "sys"}, {"role": "user", "content": "Compare."}], "x", images=[a, b])
+    assert s.prompt[0].text == "sys" and [p.type for p in s.prompt[1].parts] == ["image_url", "image_url", "text"]
+    assert to_sample("q", "r", images=None).prompt[0].content == "q"
+    assert to_sample("q", "r", images=[]).prompt[0].content == "q"
+
+
+def test_image_forms_bytes_dict_pil_string_become_the_same_source():
+    raw = png_bytes(image_array(56, 56, seed=1))
+    uri = "data:image/png;base64," + base64.b64encode(raw).decode()
+    assert media_source(raw) == uri and media_source({"bytes": raw, "path": "x.png"}) == uri
+    assert media_source({"bytes": None, "path": "imgs/a.png"}) == "imgs/a.png"
+    assert media_source(uri) == uri
+    decoded = base64.b64decode(media_source(_pil()).split(",", 1)[1])
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(decoded))), image_array(56, 56, seed=1))
+    with pytest.raises(InvalidInput):
+        media_source(3.5)
+
+
+def test_completion_forms():
+    assert to_sample("q", {"role": "assistant", "content": "a"}).response.text == "a"
+    assert to_sample("q", [{"role": "assistant", "content": [{"type": "text", "text": "a"}]}]).response.text == "a"
+    edited = to_sample("Edit it.", [{"role": "assistant", "content": [{"type": "image", "image": _pil()}]}]).response
+    assert edited.media[0].url.startswith("data:image/png;base64,")
+    with pytest.raises(UnsupportedInput) as e:
+        to_sample("q", [{"role": "assistant", "content": "call"}, {"role": "tool", "content": "out"}], field="[3]")
+    assert e.value.field == "[3].completion"
+
+
+@pytest.mark.parametrize("prompt,images,error,field", [
+    ([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}], [IMG, IMG], InvalidInput, "prompt"),
+    ([{"role": "user", "content": [{"type": "image", "image": IMG}]}], [IMG, IMG], InvalidInput, "prompt"),
+    ([{"role": "tool", "content": "x"}], None, UnsupportedInput, "prompt[0].role"),
+    ([{"role": "user", "content": [{"type": "audio", "audio": "x"}]}], None, UnsupportedInput, "prompt[0].content[0]"),
+    (None, None, InvalidInput, "prompt"),
+    ("q", [3.5], InvalidInput, "images.image"),
+])
+def test_conversion_errors_name_the_field(prompt, images, error, field):
+    with pytest.raises(error) as e:
+        to_sample(prompt, "r", images)
+    assert e.value.field == field
+
+
+def test_exact_match_verifier():
+    assert exact_match(" The  Answer\n", "the answer") and exact_match("so \\boxed{ 12 }", "12")
+    assert not exact_match("13", "12") and not exact_match("12", None)
+
+
+# ==================================================================================================
+# Shaping: the pinned formulas
+
+
+def test_hybrid_is_baserewards_formula():
+    out = apply_shaping([2.0, -1.0, 0.3, None], Shaping(hybrid=True), matches=[True, False, None, True])
+    assert out.rewards == [1.0, sigmoid(-1.0), sigmoid(0.3), None]
+    assert out.log.matched == 1 and out.log.invalid == 1
+
+
+def test_length_penalty_clip_and_group_normalization_in_order():
+    s = Shaping(length_penalty=0.5, length_target=2, length_unit="words", clip_min=-1.0, clip_max=1.0,
+                group_normalize=True, eps=1e-6)
+    raw = [3.0, 0.2, 0.0, -0.4, None, 7.0]
+    texts = ["a b c d", "a", "a b", "a b c", "x", "z"]
+    out = apply_shaping(raw, s, texts=texts, groups=[0, 0, 0, 0, 0, 1])
+    penalized = [3.0 - 1.0, 0.2, 0.0, -0.4 - 0.5]
+    clipped = [min(1.0, max(-1.0, v)) for v in penalized]
+    assert out.rewards[:4] == pytest.approx(group_normalize(clipped, eps=1e-6), abs=1e-12)
+    assert out.rewards[4] is None and out.rewards[5] == 0.0  # failed stays None; a valid G=1 group -> 0
+    assert (out.log.clipped, out.log.length_penalized, out.log.groups, out.log.singleton_groups) == (2, 2, 2, 1)
+    pop = np.array(clipped)
+    assert out.rewards[0] == pytest.approx((pop[0] - pop.mean()) / (pop.std(ddof=0) + 1e-6))
+
+
+def test_identity_and_validation():
+    assert apply_shaping([1.5, None], Shaping()).rewards == [1.5, None] and Shaping().is_identity
+    with pytest.raises(ValueError, match="groups"):
+        apply_shaping([1.0], Shaping(group_normalize=True))
+    with pytest.raises(ValueError, match="matches has 1 entries for 2"):
+        apply_shaping([1.0, 2.0], Shaping(hybrid=True), matches=[True])
+    with pytest.raises(ValueError, match="non-finite"):
+        apply_shaping([math.nan], Shaping())
+    with pytest.raises(ValueError, match="clip_min"):
+        Shaping(clip_min=2, clip_max=1)
+
+
+@pytest.mark.parametrize("module", [rf, sh])
+def test_docstring_examples_run(module):
+    assert doctest.testmod(module).failed == 0
+
+
+def test_reward_side_imports_stay_light():
+    code = ("import sys, mmrm.rm.reward_fn, mmrm.rm.shaping, mmrm.rm.adapters.trl, mmrm.rm.adapters.verl, "
+            "mmrm.rm.adapters.openrlhf; heavy = [m for m in ('torch', 'ray', 'mmrm.serve', 'trl', 'transformers') "
+            "if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+# ==================================================================================================
+# In-process reward model and judge
+
+
+@pytest.fixture(scope="module")
+def rm(reward_checkpoint, media_root):
+    from mmrm.rm.media import MediaPolicy
+    from mmrm.rm.reward_model import RewardModel
+
+    return RewardModel.from_pretrained(reward_checkpoint, device="cpu", media_policy=MediaPolicy(allowed_roots=[media_root]))
+
+
+def _inputs():
+    prompts = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Which digit?"}]}],
+               "A text question?", [{"role": "user", "content": "Describe."}], "A text question?"]
+    images = [[_pil(4)], None, [IMG], None]
+    completions = ["The digit is 3.", [{"role": "assistant", "content": "An answer."}], "A square.", "Another."]
+    return prompts, completions, images
+
+
+def test_in_process_equals_reward_model(rm, caplog):
+    prompts, completions, images = _inputs()
+    fn = RewardFn(rm)
+    with caplog.at_level(logging.INFO, logger="mmrm.reward"):
+        batch = fn.score_inputs(prompts, completions, images=images)
+    want = rm.score([to_sample(p, c, i) for p, c, i in zip(prompts, completions, images)])
+    assert batch.rewards == batch.raw == want
+    assert fn(prompts, completions, images=images) == want
+    assert asyncio.run(fn.acall(prompts, completions, images=images)) == want
+    assert "items=4 invalid=0" in caplog.text
+    assert fn.stats.calls == 3 and fn.stats.items == 12 and fn.stats.invalid == 0
+
+
+def test_a_failed_item_is_none_with_its_reason_and_never_fails_the_batch(rm, caplog):
+    fn = RewardFn(rm)
+    with caplog.at_level(logging.WARNING, logger="mmrm.reward"):
+        batch = fn.score_inputs(["ok?", [{"role": "user", "content": [{"type": "image"}]}],
+                                 [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}]],
+                                ["yes", "no", "r"], images=[None, ["/etc/passwd.png"], [IMG, IMG]])
+    assert batch.rewards[0] is not None and batch.rewards[1] is None and batch.rewards[2] is None
+    assert batch.errors[1].startswith("media_forbidden") and batch.errors[2].startswith("invalid_input")
+    assert batch.failed == [1, 2] and fn.stats.invalid_by_kind == {"media_forbidden": 1, "invalid_input": 1}
+    assert "2 of 3 items have no reward" in caplog.text
+
+
+def test_shaping_is_applied_once_and_logged(rm):
+    prompts = ["2+2?"] * 3 + ["3+3?"]
+    completions = ["4", "five", "\\boxed{4}", "6"]
+    fn = RewardFn(rm, shaping=Shaping(hybrid=True, group_normalize=True))
+    batch = fn.score_inputs(prompts, completions, references=["4", "4", "4", None])
+    hyb = [1.0, sigmoid(batch.raw[1]), 1.0, sigmoid(batch.raw[3])]
+    assert batch.rewards[:3] == pytest.approx(group_normalize(hyb[:3]), abs=1e-12)  # groups: same prompt
+    assert batch.rewards[3] == 0.0 and batch.log.matched == 2 and batch.log.groups == 2
+
+
+def test_judge_as_reward(tiny_qwen2_vl):
+    from mmrm.judges import Judge, JudgeConfig
+    from mmrm.judges.backends.hf import HFJudgeBackend
+
+    judge = Judge("helpfulness", HFJudgeBackend(str(tiny_qwen2_vl)), JudgeConfig(min_label_mass=0.0))
+    samples = [Sample(prompt="2+2?", response="4"), Sample(prompt="Name a colour.", response="Blue.")]
+    want = [r.value for r in judge.score(samples)]
+    fn = RewardFn(judge)
+    assert fn.kind == "judge" and fn([s.prompt for s in samples], [s.response for s in samples]) == want
+    other = RewardFn(judge, rubric="vqa")  # same backend, another rubric
+    assert other._scorer.obj.rubric.name == "vqa" and other._scorer.obj.backend is judge.backend
+    strict = RewardFn(Judge("helpfulness", judge.backend, JudgeConfig(min_label_mass=1.0)))
+    batch = strict.score(samples)  # a random tiny judge never puts all its mass on the labels
+    assert batch.rewards == [None, None] and all(e.startswith("low_label_mass") for e in batch.errors)
+
+
+def test_constructor_checks(rm):
+    with pytest.raises(TypeError, match="RewardModel or a Judge"):
+        RewardFn(object())
+    with pytest.raises(ValueError, match="rubric"):
+        RewardFn(rm, rubric="vqa")
+    with pytest.raises(ValueError, match="exactly one of model"):
+        RewardFn.remote("http://127.0.0.1:1", model="a", judge="b")
+    with pytest.raises(ValueError, match="one per completion"):
+        RewardFn(rm)(["a", "b"], ["x"])
+
+
+# ==================================================================================================
+# Remote: the same checkpoint through the running service
+
+
+def test_remote_transport_failure_is_per_item_none_with_reason():
+    fn = RewardFn.remote("http://127.0.0.1:9", model="tiny", token=None, max_retries=0, timeout=2)
+    batch = fn.score_inputs(["q", "q"], ["a", "b"])
+    assert batch.rewards == [None, None] and all(e.startswith("transport_error") for e in batch.errors)
+    fn.close()
+
+
+@pytest.mark.slow
+def test_remote_equals_in_process(service, rm):
+    prompts, completions, images = _inputs()
+    want = rm.score([to_sample(p, c, i) for p, c, i in zip(prompts, completions, images)])
+    with RewardFn.remote(service["url"], model="tiny", token=service["token"], batch_size=3) as fn:
+        got = fn(prompts, completions, images=images)  # two requests (batch_size=3)
+        assert np.max(np.abs(np.array(got) - np.array(want))) < 1e-5
+        got_async = asyncio.run(_acall(fn, prompts, completions, images))
+        assert np.max(np.abs(np.array(got_async) - np.array(want))) < 1e-5
+        # an item the service refuses (422 naming items[1]) fails alone, with the same kind as in-process
+        batch = fn.score_inputs(["ok?", [{"role": "user", "content": [{"type": "image"}]}], "fine"],
+                                ["yes", "no", "r"], images=[None, ["/etc/passwd.png"], None])
+        local = RewardFn(rm).score_inputs(["ok?", [{"role": "user", "content": [{"type": "image"}]}], "fine"],
+                                          ["yes", "no", "r"], images=[None, ["/etc/passwd.png"], None])
+        assert batch.rewards[1] is None and local.rewards[1] is None
+        assert batch.results[1].error_kind == local.results[1].error_kind == "media_forbidden"
+        assert abs(batch.rewards[0] - local.rewards[0]) < 1e-5 and abs(batch.rewards[2] - local.rewards[2]) < 1e-5
+
+
+async def _acall(fn, prompts, completions, images):
+    try:
+        return await fn.acall(prompts, completions, images=images)
+    finally:
+        await fn.aclose()
+
+
+@pytest.mark.slow
+def test_remote_judge_equals_in_process_judge(service):
+    from mmrm.judges import Judge, JudgeConfig
+    from mmrm.judges.backends.hf import HFJudgeBackend
+
+    prompts, completions = ["2+2?", [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}]], ["4", "A cat."]
+    images = [None, [IMG]]
+    local = RewardFn(Judge("helpfulness", HFJudgeBackend(str(service["judge_model"])), JudgeConfig(min_label_mass=0.0)))
+    with RewardFn.remote(service["url"], judge="judge", rubric="helpfulness", token=service["token"]) as remote:
+        got = remote(prompts, completions, images=images)
+    want = local(prompts, completions, images=images)
+    assert np.max(np.abs(np.array(got) - np.array(want))) < 1e-5
+    assert json.dumps(got)  # plain floats
