@@ -303,20 +303,28 @@ def rel_serve_args(checkpoint: Path, media_root: Path, stub_url: str) -> dict:
     }
 
 
-def deploy_rel(args: dict) -> None:
-    """(Re)deploy the "rel" application on the running Serve instance; returns when it is running."""
+def deploy_rel(args: dict, url: str) -> None:
+    """(Re)deploy the "rel" application on the running Serve instance; returns when ``url`` (its root
+    on the proxy) answers: serve.run returns once the app runs, a moment before the proxy routes to it."""
+    import time
+
+    import httpx
     from ray import serve
 
     from mmrm.serve.app import build_app
 
     serve.run(build_app(args), name="rel", route_prefix=REL_PREFIX, blocking=False)
+    deadline = time.monotonic() + 60
+    while httpx.get(url + "/healthz", timeout=10).status_code != 200:
+        assert time.monotonic() < deadline, "the rel app is not routed by the proxy"
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")
 def rel_service(service: dict, stub_server: StubServer) -> dict:
     """The "rel" application (see above), deployed beside `service` on the same cluster."""
     args = rel_serve_args(service["checkpoint"], service["media_root"], stub_server.url)
-    deploy_rel(args)
+    deploy_rel(args, service["url"] + REL_PREFIX)
     return {**service, "url": service["url"] + REL_PREFIX, "root": service["url"], "args": args,
             "stub": stub_server, "model": "tiny2", "judge": "flaky"}
 

@@ -137,24 +137,48 @@ def _set_rng_state(s: dict[str, Any]) -> None:
     torch.set_rng_state(s["torch"])
 
 
+_STATE_FILES = ("trainable.safetensors", "optim.pt", "meta.json")  # meta.json is written last
+
+
+def _complete(d: Path) -> bool:
+    return all((d / f).is_file() for f in _STATE_FILES)
+
+
+def recover_state(path: Path) -> None:
+    """Repair what a kill inside :func:`save_state` can leave: the new state still in ``.tmp`` or
+    the previous one still in ``.old``. A complete ``.tmp`` wins (it is newer), else ``.old``."""
+    import shutil
+
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    if not path.exists():
+        if tmp.exists() and _complete(tmp):
+            tmp.rename(path)
+        elif old.exists():
+            old.rename(path)
+    for leftover in (tmp, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+
+
 def save_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, step: int) -> None:
-    """Write the resumable state atomically (a crash mid-write leaves the previous state intact)."""
+    """Write the resumable state so that a kill at any instant leaves a loadable one behind: the new
+    state is written to ``.tmp`` (``meta.json`` last), the old one moved to ``.old``, the new one
+    moved in, the old one removed; :func:`recover_state` finishes an interrupted sequence."""
+    import shutil
+
     from safetensors.torch import save_file
 
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    recover_state(path)
+    tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
+    tmp.mkdir(parents=True)
     save_file({n: p.detach().cpu().contiguous() for n, p in _trainable(model).items()}, str(tmp / "trainable.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()}, tmp / "optim.pt")
     (tmp / "meta.json").write_text(json.dumps({"step": step}))
     if path.exists():
-        old = path.with_name(path.name + ".old")
         path.rename(old)
-        tmp.rename(path)
-        import shutil
-
+    tmp.rename(path)
+    if old.exists():
         shutil.rmtree(old)
-    else:
-        tmp.rename(path)
 
 
 def load_state(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
@@ -218,6 +242,8 @@ def train_loop(
     total_steps = (micro_per_epoch * cfg.epochs) // cfg.grad_accum
     state_dir = Path(cfg.output_dir) / STATE_DIR
     step = 0
+    if rank == 0:
+        recover_state(state_dir)
     if (state_dir / "meta.json").exists():
         step = load_state(state_dir, rm, optimizer, scheduler)
         if rank == 0:
