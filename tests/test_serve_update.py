@@ -84,8 +84,17 @@ def test_request_deadline_is_504_and_the_service_keeps_serving(service: dict, re
         assert r.status_code == 504, r.text
         err = r.json()["error"]
         assert err["kind"] == "timeout" and err["limit"] == 0.2
+        # The abandoned forward may still occupy the replica for a while (a running forward pass is
+        # not interrupted); the service must answer again once it is done.
         short = {"model": "slowpoke", "items": [{"prompt": "p", "response": "r"}]}
-        ok = [httpx.post(url, json=short, headers=service["headers"], timeout=60) for _ in range(3)]
-        assert any(x.status_code == 200 for x in ok), [x.status_code for x in ok]
+        codes = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            codes.append(httpx.post(url, json=short, headers=service["headers"], timeout=60).status_code)
+            if codes[-1] == 200:
+                break
+            assert codes[-1] == 504, codes
+            time.sleep(1)
+        assert codes[-1] == 200, codes
     finally:
         serve.delete("deadline")
