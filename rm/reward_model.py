@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -18,7 +20,7 @@ from torch import nn
 
 import mmrm
 from mmrm.rm import checkpoint as ckpt
-from mmrm.rm.encode import Encoded, Encoder, collate
+from mmrm.rm.encode import _SEQUENCE_KEYS, Encoded, Encoder, collate
 from mmrm.rm.errors import ConfigError, InputTooLong, MmrmError
 from mmrm.rm.heads import HeadType, RewardHead, pool_last_token
 from mmrm.rm.media import MediaLoader, MediaPolicy
@@ -114,6 +116,9 @@ class RewardModel(nn.Module):
             raise ConfigError(f"pool token {config.pool_token!r} is not in the tokenizer", field="pool_token")
         #: number of backbone forward passes run so far (tests count them; metrics may too).
         self.forward_calls = 0
+        #: image features by content hash (inference only; bounded, least recently used first out).
+        self.vision_cache = FeatureCache(self.vision_cache_bytes)
+        self._weights_version = -1
 
     # ---------------------------------------------------------------------------------------- build
     @classmethod
@@ -305,25 +310,89 @@ class RewardModel(nn.Module):
             )
         return enc
 
+    #: bound of :attr:`vision_cache` in bytes (0 turns the cache off).
+    vision_cache_bytes: int = 256 * 1024 * 1024
+
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Rewards [batch] for a collated batch (one backbone forward pass)."""
         self.forward_calls += 1
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        out = base_model(self.backbone)(**batch, use_cache=False)
-        pooled = pool_last_token(out.last_hidden_state, batch["attention_mask"])
+        base = base_model(self.backbone)
+        out = base(**self._backbone_inputs(base, batch), use_cache=False)
+        pooled = pool_last_token(out.last_hidden_state, batch["attention_mask"].to(out.last_hidden_state.device))
         return self.head(pooled)
 
+    def _backbone_inputs(self, base: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """The batch on the device; at inference, images' vision features come from the cache.
+
+        Each image's features are keyed by a hash of its pixels and grid: an image seen before
+        (the other side of a pair, a group's shared image, a benchmark image scored by many
+        prompts) skips the vision tower, and one image repeated in a batch runs it once.
+        Training (grad enabled) always runs the tower.
+        """
+        dev = self.device
+        use_cache = (
+            self.vision_cache.max_bytes > 0 and not torch.is_grad_enabled() and not self.backbone.training
+            and "pixel_values" in batch and "image_grid_thw" in batch and _accepts(base, "mm_encoder_outputs")
+        )
+        if not use_cache:
+            return {k: v.to(dev) for k, v in batch.items()}
+        # Features are only valid for the weights that made them: any in-place change of a
+        # parameter (an optimizer step, load_state_dict, a LoRA update) bumps its version counter.
+        version = sum(p._version for p in self.backbone.parameters())
+        if version != self._weights_version:
+            self.vision_cache.clear()
+            self._weights_version = version
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        pixels, grids = batch["pixel_values"], batch["image_grid_thw"]
+        rows = grids.prod(-1).tolist()
+        keys, slices, start = [], [], 0
+        for g, n in zip(grids, rows):
+            sl = pixels[start:start + n]
+            start += n
+            slices.append(sl)
+            keys.append(_content_key(sl, g))
+        missing = list(dict.fromkeys(k for k in keys if self.vision_cache.get(k) is None))
+        if missing:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            idx = [first[k] for k in missing]
+            feats = base.get_image_features(torch.cat([slices[i] for i in idx]).to(dev), grids[idx].to(dev),
+                                            return_dict=True).pooler_output
+            for k, f in zip(missing, feats):
+                self.vision_cache.put(k, f.detach())
+        image = [self.vision_cache.get(k, touch=False) for k in keys]
+        if any(f is None for f in image):  # evicted while filling (a cache smaller than one batch)
+            return {k: v.to(dev) for k, v in batch.items()}
+        out: dict[str, Any] = {k: v.to(dev) for k, v in batch.items() if k not in ("pixel_values", "pixel_values_videos")}
+        enc: dict[str, Any] = {"image": BaseModelOutputWithPooling(pooler_output=tuple(image))}
+        if "pixel_values_videos" in batch:  # videos are not cached, but the model takes both or neither
+            enc["video"] = base.get_video_features(batch["pixel_values_videos"].to(dev), out["video_grid_thw"], return_dict=True)
+        out["mm_encoder_outputs"] = enc
+        return out
+
+    #: a batch with more padded tokens than this is also cut where padding would exceed
+    #: :attr:`max_padding_fraction` of it: on compute-bound hardware padding is wasted work,
+    #: while small batches (overhead-bound) stay whole.
+    padding_check_tokens: int = 4096
+    max_padding_fraction: float = 0.2
+
     def plan_batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Indices grouped into batches: longest first, capped by items and by padded tokens."""
+        """Indices grouped into batches: longest first, capped by items and by padded tokens,
+        and (for large batches) by the share of padding."""
         order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
         batches: list[list[int]] = []
         cur: list[int] = []
+        real = 0
         for i in order:
             width = lengths[cur[0]] if cur else lengths[i]  # sorted: the first is the longest
-            if cur and (len(cur) >= self.max_batch_size or width * (len(cur) + 1) > self.max_batch_tokens):
+            padded = width * (len(cur) + 1)
+            wasteful = padded > self.padding_check_tokens and padded - real - lengths[i] > self.max_padding_fraction * padded
+            if cur and (len(cur) >= self.max_batch_size or padded > self.max_batch_tokens or wasteful):
                 batches.append(cur)
                 cur = []
+                real = 0
             cur.append(i)
+            real += lengths[i]
         if cur:
             batches.append(cur)
         return batches
@@ -385,10 +454,206 @@ class RewardModel(nn.Module):
         return [r.raise_for_invalid() for r in self.compare_results(pairs)]
 
     def score_group(self, prompt: list[Message] | str, responses: Sequence[Any], *, eps: float = 1e-6) -> GroupScores:
-        """Raw and group-normalized rewards of N responses to one prompt (a GRPO group)."""
+        """Raw and group-normalized rewards of N responses to one prompt (a GRPO group).
+
+        The group's shared prompt (and its images) runs through the backbone ONCE; the responses
+        then run as one batch on top of its cached keys and values (see :meth:`rewards_of_group`).
+        Scores equal the plain per-sample path's up to float rounding.
+        """
         group = Group(prompt=prompt, responses=[as_response(r) for r in responses])
-        raw = self.score(group.samples())
+        samples = group.samples()
+        try:
+            encoded = [self.encode(s) for s in samples]
+        except MmrmError:
+            encoded = []
+        if len(encoded) < 2:  # one response, or an item that fails: the plain path (and its errors)
+            raw = self.score(samples)
+        else:
+            values = self.rewards_of_group(encoded)
+            if all(isinstance(v, float) for v in values):
+                raw = values  # type: ignore[assignment]
+            else:
+                raw = self.score(samples)  # re-run to raise the typed error of the first failed item
         return GroupScores(raw=raw, normalized=group_normalize(raw, eps=eps))
+
+    # ------------------------------------------------------------------------- shared-prefix path
+    #: a shared prefix shorter than this many tokens is not worth a separate forward pass.
+    min_shared_prefix: int = 16
+
+    def shared_prefix_length(self, encoded: Sequence[Encoded]) -> int:
+        """Tokens that every encoded sample starts with and that the prefix path may cache, or 0.
+
+        The prefix is the longest common token prefix, cut so that every sample keeps at least
+        one token of its own, and only accepted when the samples carry the same media tensors
+        and every media token lies inside it (the part after it is plain text).
+        """
+        if len(encoded) < 2:
+            return 0
+        first = encoded[0]
+        keys = {k for k in first.extras if k not in _SEQUENCE_KEYS}
+        for e in encoded[1:]:
+            if {k for k in e.extras if k not in _SEQUENCE_KEYS} != keys:
+                return 0
+            for k in keys:
+                a, b = first.extras[k], e.extras[k]
+                if a.shape != b.shape or not torch.equal(a, b):
+                    return 0
+        n = min(e.length for e in encoded) - 1
+        ref = first.input_ids[:n]
+        for e in encoded[1:]:
+            diff = (e.input_ids[:n] != ref).nonzero()
+            if len(diff):
+                n = int(diff[0, 0])
+                ref = ref[:n]
+        if n < self.min_shared_prefix:
+            return 0
+        media = torch.tensor(sorted(self.encoder._media_ids), dtype=first.input_ids.dtype)
+        for e in encoded:
+            if len(media) and torch.isin(e.input_ids[n:], media).any():
+                return 0  # a response with its own image: not plain text after the prefix
+        return n
+
+    @torch.no_grad()
+    def rewards_of_group(self, encoded: Sequence[Encoded]) -> list[float | MmrmError | RuntimeError]:
+        """Rewards of encoded samples that share a prompt (a GRPO group, both sides of a pair).
+
+        The shared prefix (prompt + images, :meth:`shared_prefix_length`) runs once with its keys
+        and values cached; the remaining tokens of every sample then run in length-sorted batches
+        attending to that cache. Causal attention makes the prefix's states independent of what
+        follows, so the rewards equal :meth:`rewards_of`'s up to float rounding. Without a usable
+        shared prefix, or if the prefix path fails, this is :meth:`rewards_of`.
+        """
+        n = self.shared_prefix_length(encoded)
+        if n == 0:
+            return self.rewards_of(encoded)
+        try:
+            return self._prefix_rewards(encoded, n)  # type: ignore[return-value]
+        except (RuntimeError, ValueError, TypeError) as e:
+            log.warning("shared-prefix scoring failed (%s); scoring the samples independently", e)
+            return self.rewards_of(encoded)
+
+    def _prefix_rewards(self, encoded: Sequence[Encoded], n: int) -> list[float]:
+        from transformers import DynamicCache
+
+        base = base_model(self.backbone)
+        cache_kw = "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+        first = encoded[0]
+        dev = self.device
+        pre: dict[str, torch.Tensor] = {"input_ids": first.input_ids[None, :n]}
+        for k, v in first.extras.items():
+            if k in _SEQUENCE_KEYS:
+                if k != "attention_mask":
+                    pre[k] = v[None, :n]
+            else:
+                pre[k] = v
+        pre["attention_mask"] = torch.ones((1, n), dtype=torch.long)
+        prefix_cache = DynamicCache()
+        self.forward_calls += 1
+        base(**self._backbone_inputs(base, pre), use_cache=True, **{cache_kw: prefix_cache})
+        # Text after the prefix sits at position index + delta; mrope models (Qwen2-VL family)
+        # shift it by the rope delta their image grid produces, text models by nothing.
+        mrope = hasattr(base, "get_rope_index")
+        delta = 0
+        has_media = any(k not in _SEQUENCE_KEYS for k in first.extras)
+        if mrope and has_media:
+            rd = getattr(base, "rope_deltas", None)
+            if rd is None:
+                raise RuntimeError("the backbone exposes no rope_deltas after the prefix pass")
+            delta = int(rd.reshape(-1)[0])
+        layers = [(layer.keys, layer.values) for layer in prefix_cache.layers]
+        tails = [e.input_ids[n:] for e in encoded]
+        out: list[float] = [0.0] * len(encoded)
+        for idx in self.plan_batches([len(t) for t in tails]):
+            g = len(idx)
+            width = len(tails[idx[0]])  # plan_batches puts the longest first
+            ids = torch.full((g, width), self.encoder.pad_id, dtype=first.input_ids.dtype)
+            mask = torch.zeros((g, n + width), dtype=torch.long)
+            mask[:, :n] = 1
+            last = torch.empty(g, dtype=torch.long)
+            for row, i in enumerate(idx):
+                t = tails[i]
+                ids[row, : len(t)] = t
+                mask[row, n: n + len(t)] = 1
+                last[row] = len(t) - 1
+            pos = (torch.arange(n, n + width) + delta)[None].expand(g, width)
+            if mrope:
+                pos = pos[None].expand(3, g, width)
+            cache = DynamicCache(ddp_cache_data=[(k.expand(g, -1, -1, -1), v.expand(g, -1, -1, -1)) for k, v in layers])
+            self.forward_calls += 1
+            res = base(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=True,
+                       **{cache_kw: cache})
+            hidden = res.last_hidden_state
+            pooled = hidden[torch.arange(g, device=hidden.device), last.to(hidden.device)]
+            for i, v in zip(idx, self.head(pooled).float().cpu().tolist()):
+                out[i] = v
+        return out
+
+
+class FeatureCache:
+    """A least-recently-used map from content keys to tensors, bounded by their total bytes."""
+
+    def __init__(self, max_bytes: int) -> None:
+        from collections import OrderedDict
+
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+        self._items: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: str, *, touch: bool = True) -> torch.Tensor | None:
+        with self._lock:
+            v = self._items.get(key)
+            if touch:
+                if v is None:
+                    self.misses += 1
+                else:
+                    self.hits += 1
+                    self._items.move_to_end(key)
+            return v
+
+    def put(self, key: str, value: torch.Tensor) -> None:
+        size = value.numel() * value.element_size()
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.bytes -= old.numel() * old.element_size()
+            self._items[key] = value
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, v = self._items.popitem(last=False)
+                self.bytes -= v.numel() * v.element_size()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.bytes = 0
+
+
+def _content_key(pixels: torch.Tensor, grid: torch.Tensor) -> str:
+    """A hash of one image's preprocessed pixels, its grid, dtype and shape."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=20)
+    h.update(f"{tuple(pixels.shape)}|{pixels.dtype}|{grid.tolist()}".encode())
+    h.update(pixels.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+_ACCEPTS: dict[tuple[type, str], bool] = {}
+
+
+def _accepts(module: nn.Module, name: str) -> bool:
+    key = (type(module), name)
+    if key not in _ACCEPTS:
+        _ACCEPTS[key] = name in inspect.signature(module.forward).parameters
+    return _ACCEPTS[key]
 
 
 def _sample_field(e: MmrmError, n_prompt: int) -> MmrmError:

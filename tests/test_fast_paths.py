@@ -1,0 +1,256 @@
+"""Optimized scoring paths give the plain reference path's scores (fp32, within 1e-4 absolute).
+
+The plain path (``RewardModel.score``: every sample encoded alone and run whole) is itself tested
+against plain transformers in test_reward_model.py; here every fast path is checked against it:
+
+* the GRPO group path (``score_group`` / ``rewards_of_group``): the shared prompt and its images run
+  once, the responses run on its cached keys and values (mrope positions shifted by the image's
+  rope delta on the Qwen2-VL family);
+* the cases where that path must step aside (a response with its own image, no shared prefix,
+  left truncation that cuts each sample differently) and still give the same scores.
+
+No test here times anything: speed lives in benchmarks/ (BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from helpers import image_part, image_uri, text_part, video_part
+from mmrm.rm.errors import UnsupportedInput
+from mmrm.rm.reward_model import RewardModel
+from mmrm.rm.types import Pair, Sample
+
+ATOL = 1e-4
+ARCHS = ["qwen2", "qwen2_vl", "qwen2_5_vl"]
+VL_ARCHS = ["qwen2_vl", "qwen2_5_vl"]
+
+RESPONSES = [
+    "The digit is 3.",
+    "It is a seven, because of the straight stroke at the top and the long diagonal line below it.",
+    "three",
+    "The digit is 3.",  # a duplicate: its tail is one token after the shared prefix cut
+    "I cannot tell which digit it is; the image is too blurry to read anything at all, sorry.",
+    "8",
+]
+
+
+@pytest.fixture(scope="module")
+def rms(tiny_models):
+    return {arch: RewardModel.from_backbone(tiny_models[arch], head_type="mlp2", seed=5, device="cpu").eval()
+            for arch in ARCHS}
+
+
+def _prompt(arch: str, media: str = "image") -> list[dict]:
+    text = "Look at the picture carefully and tell me which digit is written in it, with a reason."
+    if arch == "qwen2":
+        return [{"role": "system", "content": "You are a careful grader."}, {"role": "user", "content": text}]
+    if media == "image":
+        parts = [image_part(image_uri(84, 140, seed=7)), text_part(text)]
+    elif media == "two_images":
+        parts = [image_part(image_uri(56, 84, seed=8)), text_part("left"), image_part(image_uri(112, 56, seed=9)), text_part(text)]
+    else:
+        parts = [video_part([image_uri(56, 84, seed=s) for s in range(4)]), text_part(text)]
+    return [{"role": "system", "content": "You are a careful grader."}, {"role": "user", "content": parts}]
+
+
+def _plain(rm: RewardModel, prompt, responses) -> list[float]:
+    return rm.score([Sample(prompt=prompt, response=r) for r in responses])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_group_path_matches_plain_path(rms, arch):
+    rm = rms[arch]
+    prompt = _prompt(arch)
+    ref = _plain(rm, prompt, RESPONSES)
+    before = rm.forward_calls
+    got = rm.score_group(prompt, RESPONSES)
+    # the prefix path really ran: one pass for the shared prefix, one for all the responses
+    assert rm.forward_calls - before == 2
+    assert got.raw == pytest.approx(ref, abs=ATOL)
+    enc = [rm.encode(Sample(prompt=prompt, response=r)) for r in RESPONSES]
+    prefix = rm.shared_prefix_length(enc)
+    assert prefix >= rm.min_shared_prefix
+    assert prefix < min(e.length for e in enc)
+
+
+@pytest.mark.parametrize("arch", VL_ARCHS)
+@pytest.mark.parametrize("media", ["two_images", "video"])
+def test_group_path_with_several_images_or_a_video(rms, arch, media):
+    rm = rms[arch]
+    prompt = _prompt(arch, media)
+    ref = _plain(rm, prompt, RESPONSES[:4])
+    before = rm.forward_calls
+    got = rm.score_group(prompt, RESPONSES[:4]).raw
+    assert rm.forward_calls - before == 2
+    assert got == pytest.approx(ref, abs=ATOL)
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen2_5_vl"])
+def test_group_split_over_several_batches(rms, arch):
+    rm = rms[arch]
+    prompt = _prompt(arch)
+    ref = _plain(rm, prompt, RESPONSES)
+    old = rm.max_batch_size
+    rm.max_batch_size = 2
+    try:
+        before = rm.forward_calls
+        got = rm.score_group(prompt, RESPONSES).raw
+        assert rm.forward_calls - before == 1 + 3  # the prefix once, then 3 batches of 2 responses
+    finally:
+        rm.max_batch_size = old
+    assert got == pytest.approx(ref, abs=ATOL)
+
+
+def test_group_score_does_not_depend_on_the_other_responses(rms):
+    rm = rms["qwen2_vl"]
+    prompt = _prompt("qwen2_vl")
+    full = rm.score_group(prompt, RESPONSES).raw
+    part = rm.score_group(prompt, [RESPONSES[1], RESPONSES[5]]).raw
+    assert part == pytest.approx([full[1], full[5]], abs=ATOL)
+
+
+def test_rewards_of_group_on_a_pair_matches_compare(rms):
+    rm = rms["qwen2_5_vl"]
+    prompt = _prompt("qwen2_5_vl")
+    enc = [rm.encode(Sample(prompt=prompt, response=r)) for r in RESPONSES[:2]]
+    a, b = rm.rewards_of_group(enc)
+    p = rm.compare([Pair(prompt=prompt, response_a=RESPONSES[0], response_b=RESPONSES[1])])[0]
+    assert torch.sigmoid(torch.tensor(a - b)).item() == pytest.approx(p, abs=ATOL)
+
+
+def test_response_with_its_own_image_falls_back_to_plain(rms):
+    rm = rms["qwen2_vl"]
+    prompt = _prompt("qwen2_vl")
+    responses = ["An edited picture:", [text_part("Edited:"), image_part(image_uri(56, 56, seed=11))]]
+    enc = [rm.encode(Sample(prompt=prompt, response=r)) for r in responses]
+    assert rm.shared_prefix_length(enc) == 0  # media differ / media after the prefix: no sharing
+    before = rm.forward_calls
+    got = rm.score_group(prompt, responses).raw
+    assert rm.forward_calls - before == 1
+    assert got == pytest.approx(_plain(rm, prompt, responses), abs=ATOL)
+
+
+def test_different_prompts_share_nothing(rms):
+    rm = rms["qwen2"]
+    enc = [rm.encode(Sample(prompt="first prompt about cats", response="ok")),
+           rm.encode(Sample(prompt="second prompt about dogs", response="ok"))]
+    assert rm.shared_prefix_length(enc) == 0
+    assert rm.rewards_of_group(enc) == pytest.approx(rm.rewards_of(enc), abs=ATOL)
+
+
+def test_left_truncation_group_matches_plain(tiny_models, tmp_path):
+    built = RewardModel.from_backbone(tiny_models["qwen2"], head_type="linear", seed=2, device="cpu")
+    path = built.save_pretrained(tmp_path / "rm")
+    rm = RewardModel.from_pretrained(path, device="cpu", max_length=40, truncation="left")
+    prompt = "one two three four five six seven eight nine ten " * 6
+    responses = ["The digit is 3.", "It is a seven, surely.", "8"]
+    assert rm.score_group(prompt, responses).raw == pytest.approx(_plain(rm, prompt, responses), abs=ATOL)
+
+
+def test_group_with_a_bad_item_raises_like_score(rms):
+    rm = rms["qwen2"]
+    bad = [text_part("look:"), image_part(image_uri(28, 28, seed=1))]  # an image for a text-only model
+    with pytest.raises(UnsupportedInput):
+        rm.score_group("a prompt", ["fine", bad])
+
+
+# ------------------------------------------------------------------------------------------------
+# The vision-feature cache (content hash -> image features), inference only, bounded.
+
+
+def _mixed_image_samples():
+    a, b = image_uri(84, 112, seed=21), image_uri(56, 56, seed=22)
+    return [
+        Sample(prompt=[{"role": "user", "content": [image_part(a), text_part("what is it?")]}], response="a cat"),
+        Sample(prompt=[{"role": "user", "content": [image_part(b), text_part("and this?")]}], response="a dog"),
+        Sample(prompt=[{"role": "user", "content": [image_part(a), text_part("describe")]}], response="a cat on a mat"),
+        Sample(prompt=[{"role": "user", "content": [image_part(b), image_part(a), text_part("same?")]}], response="no"),
+        Sample(prompt="no image here", response="fine"),
+    ]
+
+
+def _count_tower_images(rm):
+    """Count images that go through the vision tower (a forward hook on it)."""
+    seen = []
+    tower = rm.backbone.model.visual
+    handle = tower.register_forward_hook(lambda mod, args, kw_out: seen.append(1))
+    return seen, handle
+
+
+@pytest.mark.parametrize("arch", VL_ARCHS)
+def test_vision_cache_same_scores_as_without(rms, arch):
+    rm = rms[arch]
+    samples = _mixed_image_samples()
+    rm.vision_cache.max_bytes = 0  # off: the reference
+    ref = rm.score(samples)
+    rm.vision_cache.max_bytes = RewardModel.vision_cache_bytes
+    rm.vision_cache.clear()
+    first = rm.score(samples)  # fills the cache (two distinct images)
+    assert len(rm.vision_cache) == 2
+    second = rm.score(samples)  # served from the cache
+    assert first == pytest.approx(ref, abs=ATOL)
+    assert second == pytest.approx(ref, abs=ATOL)
+    assert rm.vision_cache.bytes <= rm.vision_cache.max_bytes
+
+
+def test_vision_cache_runs_a_shared_image_once(rms):
+    rm = rms["qwen2_5_vl"]
+    rm.vision_cache.clear()
+    prompt = _prompt("qwen2_5_vl")
+    calls, handle = _count_tower_images(rm)
+    try:
+        rm.compare([Pair(prompt=prompt, response_a="yes", response_b="no")])
+        assert len(calls) == 1  # both sides of the pair: one image, one tower pass
+        rm.compare([Pair(prompt=prompt, response_a="maybe", response_b="never")])
+        assert len(calls) == 1  # seen before: no tower pass at all
+    finally:
+        handle.remove()
+
+
+def test_vision_cache_invalidated_when_weights_change(tiny_models):
+    rm = RewardModel.from_backbone(tiny_models["qwen2_vl"], seed=6, device="cpu").eval()
+    samples = _mixed_image_samples()[:2]
+    before = rm.score(samples)
+    with torch.no_grad():
+        for p in rm.backbone.model.visual.parameters():
+            p.mul_(1.5)  # an in-place update, as an optimizer step does
+    after = rm.score(samples)
+    rm.vision_cache.max_bytes = 0
+    fresh = rm.score(samples)
+    assert after == pytest.approx(fresh, abs=ATOL)
+    assert after != pytest.approx(before, abs=ATOL)
+
+
+def test_vision_cache_not_used_with_grad_or_in_training(rms):
+    rm = rms["qwen2_vl"]
+    rm.vision_cache.clear()
+    enc = [rm.encode(s) for s in _mixed_image_samples()[:2]]
+    from mmrm.rm.encode import collate
+
+    batch = collate(enc, rm.encoder.pad_id)
+    with torch.enable_grad():
+        rm.forward(batch)
+    assert len(rm.vision_cache) == 0
+    rm.train()
+    try:
+        with torch.no_grad():
+            rm.forward(batch)
+        assert len(rm.vision_cache) == 0
+    finally:
+        rm.eval()
+
+
+def test_feature_cache_is_bounded_lru():
+    from mmrm.rm.reward_model import FeatureCache
+
+    c = FeatureCache(max_bytes=3 * 400)
+    for k in "abc":
+        c.put(k, torch.zeros(100))  # 400 bytes each
+    assert c.get("a") is not None  # a is now the most recent
+    c.put("d", torch.zeros(100))
+    assert c.get("b") is None and c.get("a") is not None and c.get("d") is not None
+    assert c.bytes <= c.max_bytes
+    c.put("huge", torch.zeros(1000))  # larger than the whole bound: not kept
+    assert c.get("huge") is None and c.bytes <= c.max_bytes
