@@ -85,7 +85,8 @@ def ray_cluster():
     """A local Ray cluster shared by every test that needs Ray (Serve, Train).
 
     Logical CPUs are oversubscribed (the machine has 2 cores): they only decide placement, and each
-    replica still runs torch with the threads of its own ``num_cpus``.
+    replica still runs torch with the threads of its own ``num_cpus``. There must be room for every
+    Serve application the session deploys AND the 2 Ray Train workers, or Ray Train waits forever.
     """
     import secrets
 
@@ -94,7 +95,7 @@ def ray_cluster():
     # Ray workers inherit the environment at start-up: that is how the service's token reaches the
     # ingress (auth.token_env), so it is set before the cluster starts.
     os.environ.setdefault(SERVICE_TOKEN_ENV, secrets.token_hex(16))
-    ray.init(num_cpus=8, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    ray.init(num_cpus=16, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     yield ray
     from ray import serve
 
