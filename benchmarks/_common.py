@@ -2,7 +2,7 @@
 
 Everything here runs unchanged on the CPU and on a GPU (``device="auto"``). Nothing is downloaded:
 the models are built locally by :func:`mmrm.rm.tiny.build_tiny_model`, the texts come from the real
-VL-RewardBench rows in ``../shared/data`` (or ``$MMRM_DATA``), and images, which are not in that
+VL-RewardBench rows in ``data/benchmarks`` (vendored; or ``$MMRM_DATA``, or ``../shared/data``), and images, which are not in that
 folder, are generated (smooth synthetic pictures, JPEG-encoded like real photos).
 """
 
@@ -25,7 +25,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_CANDIDATES = [Path(os.environ["MMRM_DATA"])] if os.environ.get("MMRM_DATA") else []
-DATA_CANDIDATES += [ROOT.parent / "shared" / "data", ROOT / "shared" / "data"]
+DATA_CANDIDATES += [ROOT / "data" / "benchmarks", ROOT.parent / "shared" / "data", ROOT / "shared" / "data"]
 
 #: the models the benchmarks use: (architecture, size)
 MODELS = {
