@@ -292,7 +292,7 @@ def rel_serve_args(checkpoint: Path, media_root: Path, stub_url: str) -> dict:
                     "max_ongoing_requests": 4, "max_queued_requests": 4}],
         "judges": [{"name": "flaky", "num_cpus": 0.25, "judge": {"min_label_mass": 0.0},
                     "backend": {"type": "openai", "base_url": stub_url + "/v1", "model": "stub-judge",
-                                "timeout_s": 1.0, "max_retries": 0, "prefill": "none",
+                                "timeout_s": 5.0, "max_retries": 0, "prefill": "none",
                                 "api_key_env": SERVICE_TOKEN_ENV}}],
         "limits": {"media": {"allowed_roots": [str(media_root)], "allow_http": True, "max_bytes": 256 * 1024,
                              "http_timeout_s": 3},

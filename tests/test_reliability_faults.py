@@ -147,7 +147,7 @@ def test_judge_backend_timeouts_and_garbage_are_per_item_failures(rel_service: d
     assert "500" in by_marker["[[500]]"]["invalid"]
     assert "malformed" in by_marker["[[garbage]]"]["invalid"] and "malformed" in by_marker["[[shape]]"]["invalid"]
     assert "logprobs" in by_marker["[[nologprobs]]"]["invalid"]
-    # The slow item cost one timeout (1 s, no retries configured), not the whole request's deadline.
+    # The slow item cost one timeout (5 s, no retries configured; the stub sleeps 30 s), not the whole deadline.
     assert elapsed < 30, elapsed
     # and the judge keeps serving
     r = httpx.post(rel_service["url"] + "/v1/judge", json={"judge": "flaky", "items": items[:1]},
