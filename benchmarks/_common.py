@@ -107,6 +107,26 @@ def peak_rss_mb(pid: int | str = "self") -> float | None:
     return None
 
 
+def cpu_seconds_by_process(prefix: str = "ray::") -> dict[str, float]:
+    """CPU seconds (user + system) used so far by this process ("driver") and by every process
+    whose title starts with ``prefix`` (Ray names its workers ``ray::<role>``), by title (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            title = (proc / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace").strip()
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        name = "driver" if int(proc.name) == os.getpid() else title
+        if name == "driver" or title.startswith(prefix):
+            fields = stat.rsplit(")", 1)[1].split()
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 # ------------------------------------------------------------------------------------------- models
 def build_models(workdir: Path, names: list[str]) -> dict[str, Path]:
     """Backbone + reward checkpoint per model name (built once, reused from ``workdir``)."""

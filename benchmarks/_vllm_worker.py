@@ -27,7 +27,9 @@ def main() -> None:
     ids = json.load(open(prompts_path))
     prompts = [{"prompt_token_ids": p} for p in ids]
     kw = dict(model=model_dir, runner="pooling", convert="embed", dtype="float32", enforce_eager=True,
-              max_model_len=max(len(p) for p in ids) + 16, gpu_memory_utilization=0.2, seed=0)
+              max_model_len=max(len(p) for p in ids) + 16, gpu_memory_utilization=0.2, seed=0,
+              # Every round embeds the same prompts: a prefix cache would answer them from memory.
+              enable_prefix_caching=False)
     try:
         llm = LLM(**kw, pooler_config={"seq_pooling_type": "LAST", "use_activation": False})
     except TypeError:

@@ -68,6 +68,8 @@ def measure_inproc(ckpts: dict[str, Path], args: argparse.Namespace, peak: float
     tok = rm.encoder.tokenizer
     texts = [rm.encoder.render(s.messages, strip_end=True) for s in samples]
     seq.config.pad_token_id = tok.pad_token_id
+    # the same model with packing off: length-sorted padded batches (what a GPU gets by default)
+    padded = load_rm(ckpt, max_batch_size=32, pack_sequences=False)
 
     @torch.no_grad()
     def hf_batches(bs: int, sort: bool) -> None:
@@ -81,6 +83,7 @@ def measure_inproc(ckpts: dict[str, Path], args: argparse.Namespace, peak: float
         "transformers_seqcls_b32_unsorted": lambda: hf_batches(32, False),
         "transformers_seqcls_b32_sorted": lambda: hf_batches(32, True),
         "mmrm_forward": lambda: rm.rewards_of(enc),
+        "mmrm_forward_padded": lambda: padded.rewards_of(enc),
         "mmrm_score": lambda: rm.score(samples),
     }
     t = C.interleave(arms, args.rounds)
@@ -93,6 +96,8 @@ def measure_inproc(ckpts: dict[str, Path], args: argparse.Namespace, peak: float
                              "matmul_fraction": round(flops / tm.median / peak, 3)}
     out["mmrm_vs_transformers_b1"] = C.ratio(t["transformers_seqcls_b1"].median, t["mmrm_score"].median)
     out["mmrm_vs_transformers_b32_sorted"] = C.ratio(t["transformers_seqcls_b32_sorted"].median, t["mmrm_score"].median)
+    out["packed_vs_padded"] = C.ratio(t["mmrm_forward_padded"].median, t["mmrm_forward"].median)
+    out["packing"] = rm._packing()
     del seq
     return out
 
@@ -205,19 +210,28 @@ def measure_vllm(ckpts: dict[str, Path], args: argparse.Namespace, peak: float) 
             vllm_rewards = rm.head(emb).tolist()
         mmrm_rewards = rm.rewards_of(enc[:4])
         vllm_diff = max(abs(a - b) for a, b in zip(vllm_rewards, mmrm_rewards))  # type: ignore[operator]
-        secs: dict[str, list[float]] = {"vllm": [], "mmrm_hf": []}
+        t0 = time.perf_counter()
+        compiled = load_rm(ckpt, max_batch_size=32, compile=True)
+        compiled.rewards_of(enc)  # compiles here (dynamic shapes: once)
+        compile_s = time.perf_counter() - t0
+        engines = {"mmrm_hf": rm, "mmrm_hf_compiled": compiled}
+        secs: dict[str, list[float]] = {"vllm": [], **{k: [] for k in engines}}
         rm.rewards_of(enc)
+        names = list(secs)
         for r in range(args.rounds):
-            for arm in (["vllm", "mmrm_hf"] if r % 2 == 0 else ["mmrm_hf", "vllm"]):
+            for arm in names[r % len(names):] + names[:r % len(names)]:
                 time.sleep(0.5)  # let the other side's OpenMP threads go idle
                 if arm == "vllm":
                     secs[arm].append(ask("run")["seconds"])
                 else:
                     t = time.perf_counter()
-                    rm.rewards_of(enc)
+                    engines[arm].rewards_of(enc)
                     C.sync()
                     secs[arm].append(time.perf_counter() - t)
-        ask("quit") if proc.poll() is None else None
+        if proc.poll() is None:  # "quit" has no answer: the worker just exits
+            proc.stdin.write("quit\n")  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+            proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -232,7 +246,12 @@ def measure_vllm(ckpts: dict[str, Path], args: argparse.Namespace, peak: float) 
         "mmrm_hf_samples_per_s": round(len(ids) / med["mmrm_hf"], 3),
         "vllm_matmul_fraction": round(flops / med["vllm"] / peak, 3),
         "mmrm_hf_matmul_fraction": round(flops / med["mmrm_hf"] / peak, 3),
+        "mmrm_hf_compiled_samples_per_s": round(len(ids) / med["mmrm_hf_compiled"], 3),
+        "mmrm_hf_compiled_matmul_fraction": round(flops / med["mmrm_hf_compiled"] / peak, 3),
         "mmrm_vs_vllm": C.ratio(med["vllm"], med["mmrm_hf"]),
+        "mmrm_compiled_vs_vllm": C.ratio(med["vllm"], med["mmrm_hf_compiled"]),
+        "compile_seconds": round(compile_s, 1),
+        "mmrm_packing": rm._packing(),
         "target": 1.0,
         "reward_max_abs_diff_vllm_vs_mmrm": vllm_diff,
         "seconds": {k: [round(s, 3) for s in v] for k, v in secs.items()},
@@ -260,6 +279,27 @@ def _replica_pids() -> dict[str, int]:
         if marker in cmd:
             out[cmd.split(marker, 1)[1].split()[0]] = int(proc.name)
     return out
+
+
+def _cpu_ms_per_request(run: Any, n: int) -> dict[str, float]:
+    """CPU milliseconds per request spent by each process role while ``run`` sends ``n`` requests."""
+    before = C.cpu_seconds_by_process()
+    run()
+    after = C.cpu_seconds_by_process()
+    roles: dict[str, float] = {}
+    for title, sec in after.items():
+        if "ProxyActor" in title:
+            role = "http_proxy"
+        elif f"ServeReplica:{APP}:ingress" in title:
+            role = "ingress"
+        elif f"ServeReplica:{APP}:" in title:
+            role = "model_replica"
+        elif title == "driver":
+            role = "load_generator"
+        else:
+            role = "other_ray"
+        roles[role] = roles.get(role, 0.0) + (sec - before.get(title, 0.0)) * 1000 / n
+    return {k: round(v, 2) for k, v in sorted(roles.items())}
 
 
 async def _clients(url: str, model: str, bodies: list[dict[str, Any]], concurrency: int) -> None:
@@ -341,12 +381,14 @@ def measure_service(ckpts: dict[str, Path], args: argparse.Namespace, peak: floa
             bodies = [s.model_dump(mode="json") for s in C.text_samples(n, seed=1)]
             arms = {tag: (lambda tag=tag: asyncio.run(_clients(url, f"{short}-{tag}", bodies, 32))) for tag in ("b32", "b1")}
             t = C.interleave(arms, args.rounds)
+            cpu = {tag: _cpu_ms_per_request(arm, n) for tag, arm in arms.items()}
             out[f"dynamic_batching_{short}"] = {
                 "model": f"{short}-text", "requests": n, "clients": 32,
                 "batched_samples_per_s": round(n / t["b32"].median, 3),
                 "batch1_samples_per_s": round(n / t["b1"].median, 3),
                 "ratio": C.ratio(t["b1"].median, t["b32"].median), "target": 3.0 if short == "tiny" else None,
                 "seconds": {k: [round(s, 3) for s in v.seconds] for k, v in t.items()},
+                "cpu_ms_per_request": cpu,
             }
 
         # -- memory: peak RSS of every replica
@@ -421,7 +463,8 @@ def summary(r: dict[str, Any]) -> dict[str, Any]:
     if "speedup" in r.get("group", {}):
         s["grpo_group_g8"] = {"value": r["group"]["speedup"], "ideal": r["group"]["ideal_speedup_tokens"], "target": ">= 2"}
     if "mmrm_vs_vllm" in r.get("vllm", {}):
-        s["versus_vllm"] = {"value": r["vllm"]["mmrm_vs_vllm"], "target": ">= 1.0"}
+        s["versus_vllm"] = {"value": r["vllm"]["mmrm_vs_vllm"], "target": ">= 1.0",
+                            "compiled": r["vllm"].get("mmrm_compiled_vs_vllm")}
     if "arms" in r.get("inproc", {}):
         s["hardware_limit_mmrm_forward"] = {"value": r["inproc"]["arms"]["mmrm_forward"]["matmul_fraction"]}
     return s

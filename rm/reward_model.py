@@ -20,6 +20,7 @@ from torch import nn
 
 import mmrm
 from mmrm.rm import checkpoint as ckpt
+from mmrm.rm import packing
 from mmrm.rm.encode import _SEQUENCE_KEYS, Encoded, Encoder, collate
 from mmrm.rm.errors import ConfigError, InputTooLong, MmrmError
 from mmrm.rm.heads import HeadType, RewardHead, pool_last_token
@@ -119,6 +120,7 @@ class RewardModel(nn.Module):
         #: image features by content hash (inference only; bounded, least recently used first out).
         self.vision_cache = FeatureCache(self.vision_cache_bytes)
         self._weights_version = -1
+        self._packable: bool | None = None  # decided on the first packed forward
 
     # ---------------------------------------------------------------------------------------- build
     @classmethod
@@ -172,12 +174,30 @@ class RewardModel(nn.Module):
         name: str | None = None,
         max_batch_size: int = 32,
         max_batch_tokens: int = 16384,
+        pack_sequences: bool | None = None,
+        compile: bool = False,
     ) -> "RewardModel":
         """Load a checkpoint directory (mmrm format, or a one-label ``*ForSequenceClassification``).
 
         ``dtype`` is the backbone's compute dtype; the head stays ``head_dtype`` (float32 default).
-        ``max_length`` / ``truncation`` override the checkpoint's values.
+        ``max_length`` / ``truncation`` override the checkpoint's values. ``pack_sequences`` sets
+        :attr:`pack_sequences` (None: on a CPU); ``compile`` compiles the decoder's MLP and norm
+        blocks (:mod:`mmrm.rm.regional_compile`; slower start-up, faster CPU forwards).
         """
+        rm = cls._load(path, dtype=dtype, device=device, head_dtype=head_dtype, max_length=max_length,
+                       truncation=truncation, media_policy=media_policy, name=name,
+                       max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens)
+        rm.pack_sequences = pack_sequences
+        if compile:
+            from mmrm.rm.regional_compile import compile_regions
+
+            compile_regions(base_model(rm.backbone))
+        return rm
+
+    @classmethod
+    def _load(cls, path: str | Path, *, dtype: DType, device: str, head_dtype: DType, max_length: int | None,
+              truncation: Literal["refuse", "left"] | None, media_policy: MediaPolicy | None, name: str | None,
+              max_batch_size: int, max_batch_tokens: int) -> "RewardModel":
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -397,26 +417,74 @@ class RewardModel(nn.Module):
             batches.append(cur)
         return batches
 
+    #: pack text-only samples end to end, one row per forward, no padding (:mod:`mmrm.rm.packing`).
+    #: None = on a CPU, where the forward is compute-bound and padding is wasted work; on a GPU a
+    #: padded batch is one wide kernel launch and packing buys little.
+    pack_sequences: bool | None = None
+    #: real tokens per packed forward: a few thousand keeps a CPU's activations in cache.
+    pack_tokens: int = 2048
+
+    def _packing(self) -> bool:
+        want = self.pack_sequences if self.pack_sequences is not None else self.device.type == "cpu"
+        if not want or torch.is_grad_enabled() or self.backbone.training:
+            return False
+        if self._packable is None:
+            self._packable = packing.enable(base_model(self.backbone))
+        return self._packable
+
+    def plan_packs(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Indices grouped into packed rows of at most :attr:`pack_tokens` tokens (a longer sample
+        gets a row of its own) and :attr:`max_batch_size` samples, in input order."""
+        packs: list[list[int]] = []
+        cur: list[int] = []
+        tokens = 0
+        for i, n in enumerate(lengths):
+            if cur and (tokens + n > self.pack_tokens or len(cur) >= self.max_batch_size):
+                packs.append(cur)
+                cur, tokens = [], 0
+            cur.append(i)
+            tokens += n
+        if cur:
+            packs.append(cur)
+        return packs
+
+    def forward_packed(self, encoded: Sequence[Encoded]) -> torch.Tensor:
+        """Rewards [n] for text-only samples packed into one row (one backbone forward pass)."""
+        self.forward_calls += 1
+        base = base_model(self.backbone)
+        kw = packing.pack([e.input_ids for e in encoded])
+        last = kw.pop("last").to(self.device)
+        kw = {k: v.to(self.device) if isinstance(v, torch.Tensor) and k != "cu_seq_lens_q" else v for k, v in kw.items()}
+        out = base(**kw, use_cache=False)
+        return self.head(out.last_hidden_state[0, last])
+
     @torch.no_grad()
     def rewards_of(self, encoded: Sequence[Encoded]) -> list[float | MmrmError | RuntimeError]:
-        """Rewards for encoded samples, batched; a batch that fails is retried item by item."""
+        """Rewards for encoded samples, batched (packed where :attr:`pack_sequences` applies); a
+        batch that fails is retried item by item."""
         results: list[float | MmrmError | RuntimeError] = [0.0] * len(encoded)
-        for idx in self.plan_batches([e.length for e in encoded]):
+        packed: list[int] = []
+        if self._packing():
+            packed = [i for i, e in enumerate(encoded) if e.n_images == 0 and e.n_videos == 0]
+        padded = sorted(set(range(len(encoded))) - set(packed))
+        plans = [([packed[j] for j in p], self.forward_packed) for p in self.plan_packs([encoded[i].length for i in packed])]
+        plans += [([padded[j] for j in b], self._forward_padded) for b in self.plan_batches([encoded[i].length for i in padded])]
+        for idx, run in plans:
             try:
-                r = self.forward(collate([encoded[i] for i in idx], self.encoder.pad_id)).float().cpu().tolist()
+                r = run([encoded[i] for i in idx]).float().cpu().tolist()
             except RuntimeError as e:
                 if len(idx) == 1:
                     log.warning("reward forward failed for one item: %s", e)
                     results[idx[0]] = e
                     continue
                 log.warning("batched forward of %d items failed (%s); retrying one by one", len(idx), e)
-                r = []
-                for i in idx:
-                    one = self.rewards_of([encoded[i]])[0]
-                    r.append(one)
+                r = [self.rewards_of([encoded[i]])[0] for i in idx]
             for i, v in zip(idx, r):
                 results[i] = v
         return results
+
+    def _forward_padded(self, encoded: Sequence[Encoded]) -> torch.Tensor:
+        return self.forward(collate(list(encoded), self.encoder.pad_id))
 
     def score_results(self, samples: Sequence[Sample]) -> list[ScoreResult]:
         """One :class:`ScoreResult` per sample; invalid items carry their error, the rest score."""

@@ -61,6 +61,10 @@ class ModelConfig(BatchKnobs):
     device: str = Field(default="auto", description="auto, cpu, cuda.")
     max_length: int | None = Field(default=None, gt=0, description="Override the checkpoint's max_length.")
     truncation: Literal["refuse", "left"] | None = None
+    packing: Literal["auto", "on", "off"] = Field(
+        default="auto", description="Pack text-only samples into one row per forward, no padding (auto: on a CPU).")
+    compile: bool = Field(
+        default=False, description="torch.compile the decoder's MLP and norm blocks at start-up (slower start, faster CPU forwards).")
     num_replicas: int | None = Field(default=1, ge=1, description="Fixed replica count (unset with autoscaling).")
     autoscaling: Autoscaling | None = None
     # Ray gives torch one thread per CPU of the replica: size this deliberately.

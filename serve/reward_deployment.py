@@ -49,6 +49,7 @@ class RewardModelServer:
             checkpoint, dtype=self.cfg.dtype, device=self.cfg.device, max_length=self.cfg.max_length,
             truncation=self.cfg.truncation, media_policy=self.media, name=self.cfg.name,
             max_batch_size=self.cfg.max_batch_size, max_batch_tokens=self.cfg.max_batch_tokens,
+            pack_sequences={"auto": None, "on": True, "off": False}[self.cfg.packing], compile=self.cfg.compile,
         )
         rm.score([WARMUP])  # ready means: loaded AND scored once
         self.rm, self._checkpoint = rm, checkpoint  # swap atomically: in-flight batches keep the old one

@@ -7,7 +7,12 @@ against plain transformers in test_reward_model.py; here every fast path is chec
   once, the responses run on its cached keys and values (mrope positions shifted by the image's
   rope delta on the Qwen2-VL family);
 * the cases where that path must step aside (a response with its own image, no shared prefix,
-  left truncation that cuts each sample differently) and still give the same scores.
+  left truncation that cuts each sample differently) and still give the same scores;
+* packed rows (``pack_sequences``: text-only samples end to end, per-sample causal attention) and
+  the regional ``torch.compile`` of the decoder's MLP and norms, against padded eager batches.
+
+The reference here is the padded path with packing off; test_reward_model.py checks the default
+path (packed on a CPU) against plain transformers.
 
 No test here times anything: speed lives in benchmarks/ (BENCHMARKS.md).
 """
@@ -56,7 +61,11 @@ def _prompt(arch: str, media: str = "image") -> list[dict]:
 
 
 def _plain(rm: RewardModel, prompt, responses) -> list[float]:
-    return rm.score([Sample(prompt=prompt, response=r) for r in responses])
+    rm.pack_sequences = False
+    try:
+        return rm.score([Sample(prompt=prompt, response=r) for r in responses])
+    finally:
+        rm.pack_sequences = None
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -254,3 +263,111 @@ def test_feature_cache_is_bounded_lru():
     assert c.bytes <= c.max_bytes
     c.put("huge", torch.zeros(1000))  # larger than the whole bound: not kept
     assert c.get("huge") is None and c.bytes <= c.max_bytes
+
+
+# ------------------------------------------------------------------------------------------ packing
+def _mixed_samples(arch: str) -> list[Sample]:
+    text = [Sample(prompt=_prompt("qwen2"), response=r) for r in RESPONSES]
+    if arch == "qwen2":
+        return text
+    # samples with an image cannot be packed: they take the padded path beside the packed ones
+    return text[:3] + [Sample(prompt=_prompt(arch), response=r) for r in RESPONSES[:2]] + text[3:]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_packed_rows_match_padded_batches(rms, arch):
+    rm = rms[arch]
+    samples = _mixed_samples(arch)
+    rm.pack_sequences = False
+    ref = rm.score(samples)
+    rm.pack_sequences = True
+    try:
+        before = rm.forward_calls
+        got = rm.score(samples)
+        # all text samples in one packed row (well under pack_tokens), the image ones in one batch
+        assert rm.forward_calls - before == (1 if arch == "qwen2" else 2)
+    finally:
+        rm.pack_sequences = None
+    assert got == pytest.approx(ref, abs=ATOL)
+
+
+def test_pack_token_budget_splits_rows_and_keeps_order(rms):
+    rm = rms["qwen2"]
+    samples = [Sample(prompt=_prompt("qwen2"), response=r) for r in RESPONSES]
+    lengths = [rm.encode(s).length for s in samples]
+    rm.pack_sequences = False
+    ref = rm.score(samples)
+    rm.pack_sequences, rm.pack_tokens = True, max(lengths) + 1  # at most one long sample per row... or two short
+    try:
+        plan = rm.plan_packs(lengths)
+        assert [i for p in plan for i in p] == list(range(len(samples)))
+        assert all(sum(lengths[i] for i in p) <= rm.pack_tokens for p in plan)
+        before = rm.forward_calls
+        got = rm.score(samples)
+        assert rm.forward_calls - before == len(plan) > 1
+        rm.pack_tokens = 8  # every sample is longer than the budget: one row each
+        assert rm.plan_packs(lengths) == [[i] for i in range(len(samples))]
+        assert rm.score(samples) == pytest.approx(ref, abs=ATOL)
+    finally:
+        rm.pack_sequences, rm.pack_tokens = None, RewardModel.pack_tokens
+    assert got == pytest.approx(ref, abs=ATOL)
+
+
+def test_packing_leaves_padded_forwards_unchanged(tiny_models):
+    """Switching the attention to the packable one changes nothing for padded batches (training,
+    the group path, GPU batches): the same SDPA with the same masks, bit for bit."""
+    from mmrm.rm.encode import collate
+
+    rm = RewardModel.from_backbone(tiny_models["qwen2"], seed=5, device="cpu").eval()
+    enc = [rm.encode(Sample(prompt=_prompt("qwen2"), response=r)) for r in RESPONSES]
+    batch = collate(enc, rm.encoder.pad_id)
+    with torch.no_grad():
+        before = rm(batch)
+        rm.pack_sequences = True
+        rm.rewards_of(enc[:1])  # the first packed forward switches the attention
+        assert rm.backbone.config._attn_implementation == "mmrm_packed_sdpa"
+        after = rm(batch)
+    assert torch.equal(before, after)
+
+
+def test_packing_refuses_sliding_window_models(tiny_models):
+    from transformers import AutoModel
+
+    from mmrm.rm import packing
+
+    model = AutoModel.from_pretrained(tiny_models["qwen2"], use_sliding_window=True, sliding_window=8,
+                                      max_window_layers=0, attn_implementation="sdpa")
+    assert packing.enable(model) is False
+    plain = AutoModel.from_pretrained(tiny_models["qwen2"], attn_implementation="sdpa")
+    assert packing.enable(plain) is True
+    eager = AutoModel.from_pretrained(tiny_models["qwen2"], attn_implementation="eager")
+    assert packing.enable(eager) is False
+
+
+def test_packing_is_off_in_training_mode(rms):
+    rm = rms["qwen2"]
+    rm.pack_sequences = True
+    try:
+        rm.train()
+        with torch.no_grad():
+            assert rm._packing() is False
+        rm.eval()
+        assert rm._packing() is False  # grad enabled: a training step, never packed
+        with torch.no_grad():
+            assert rm._packing() is True
+    finally:
+        rm.pack_sequences = None
+        rm.eval()
+
+
+@pytest.mark.slow
+def test_regional_compile_matches_eager(reward_checkpoint):
+    """``compile=True`` (inductor on the MLP and norm blocks) scores like the eager model."""
+    eager = RewardModel.from_pretrained(reward_checkpoint, device="cpu")
+    compiled = RewardModel.from_pretrained(reward_checkpoint, device="cpu", compile=True)
+    samples = [Sample(prompt=_prompt("qwen2"), response=r) for r in RESPONSES]
+    samples.append(Sample(prompt=_prompt("qwen2_vl"), response=RESPONSES[1]))
+    ref = eager.score(samples)
+    assert compiled.score(samples) == pytest.approx(ref, abs=ATOL)
+    # other lengths reuse the dynamic-shape graphs
+    assert compiled.score(samples[1:4]) == pytest.approx(ref[1:4], abs=ATOL)

@@ -234,14 +234,23 @@ def test_mixed_batch_is_one_forward_and_batch_invariant(vl, mixed_samples, arch)
     rm, _ = vl[arch]
     lengths = [rm.encode(s).length for s in mixed_samples]
     assert len(set(lengths)) == len(lengths), f"lengths should all differ: {lengths}"
-    before = rm.forward_calls
-    batched = rm.score(mixed_samples)
-    assert rm.forward_calls - before == 1
+    with_media = [rm.encode(s).n_images > 0 for s in mixed_samples]
+    assert any(with_media) and not all(with_media)
     alone = [rm.score([s])[0] for s in mixed_samples]
-    assert np.abs(np.array(batched) - np.array(alone)).max() <= ATOL
-    # order of the batch does not matter either
-    rev = rm.score(mixed_samples[::-1])[::-1]
-    assert np.abs(np.array(rev) - np.array(alone)).max() <= ATOL
+    try:
+        # padded: the whole mixed batch is one forward; packed (the CPU default): the text samples
+        # share one packed row and the ones with images one padded batch
+        for pack, forwards in ((False, 1), (True, 2)):
+            rm.pack_sequences = pack
+            before = rm.forward_calls
+            batched = rm.score(mixed_samples)
+            assert rm.forward_calls - before == forwards
+            assert np.abs(np.array(batched) - np.array(alone)).max() <= ATOL
+            # order of the batch does not matter either
+            rev = rm.score(mixed_samples[::-1])[::-1]
+            assert np.abs(np.array(rev) - np.array(alone)).max() <= ATOL
+    finally:
+        rm.pack_sequences = None
 
 
 @pytest.mark.parametrize("arch", VL_ARCHS)
@@ -270,8 +279,9 @@ def test_left_padding_side_checkpoint_gives_same_scores(vl, mixed_samples, tmp_p
     cfg = json.loads(cfg_file.read_text())
     cfg["padding_side"] = "left"
     cfg_file.write_text(json.dumps(cfg))
-    rm_left = RewardModel.from_pretrained(left, device="cpu")
-    assert rm_left.encoder.tokenizer.padding_side == "left"  # the premise of this test
+    # padded batches (the premise of this test: a tokenizer that pads on the left), not packed rows
+    rm_left = RewardModel.from_pretrained(left, device="cpu", pack_sequences=False)
+    assert rm_left.encoder.tokenizer.padding_side == "left"
     before = rm_left.forward_calls
     got = rm_left.score(mixed_samples)
     assert rm_left.forward_calls - before == 1
@@ -305,9 +315,17 @@ def test_compare_is_sigmoid_of_reward_difference_in_one_forward(vl, mixed_sample
         Pair(prompt="hi", response_a="hello", response_b=[{"type": "text", "text": "Edited:"}, image_part(image_uri(28, 28, 4))]),
         Pair(prompt=mixed_samples[3].prompt, response_a="a cat", response_b="a dog running in the park"),
     ]
+    rm.pack_sequences = False  # padded: every pair, both sides, one forward
+    try:
+        before = rm.forward_calls
+        probs = rm.compare(pairs)
+        assert rm.forward_calls - before == 1
+    finally:
+        rm.pack_sequences = None
     before = rm.forward_calls
-    probs = rm.compare(pairs)
-    assert rm.forward_calls - before == 1
+    # packed (the CPU default): text-only sides in one packed row, sides with images in one batch
+    assert rm.compare(pairs) == pytest.approx(probs, abs=ATOL)
+    assert rm.forward_calls - before == 2
     for p, prob in zip(pairs, probs):
         ra = rm.score([Sample(prompt=p.prompt, response=p.response_a)])[0]
         rb = rm.score([Sample(prompt=p.prompt, response=p.response_b)])[0]
