@@ -198,9 +198,10 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
                 m.LATENCY.labels(route, name).observe(time.perf_counter() - t0)
                 m.REQUESTS.labels(route, name, code).inc()
 
-    async def call(route: str, model: str, samples: list[dict[str, Any]], fields: list[str], rid: str) -> list[ScoreResult]:
+    async def call(route: str, model: str, samples: list[dict[str, Any]], fields: list[str], rid: str,
+                   groups: list[int] | None = None) -> list[ScoreResult]:
         h = handle(model)
-        out = await replica_call(route, model, "scoring", h.score.remote(samples, rid, fields))
+        out = await replica_call(route, model, "scoring", h.score.remote(samples, rid, fields, groups))
         if "error" in out:
             err = from_wire(out["error"])
             m.ERRORS.labels(route, err.kind).inc()
@@ -257,7 +258,7 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
                 samples.append(s.model_dump(mode="json"))
                 fields.append(f"groups[{i}].responses[{j}]")
             sizes.append(len(g.responses))
-        flat = await call("/v1/rank", req.model, samples, fields, request.state.request_id)
+        flat = await call("/v1/rank", req.model, samples, fields, request.state.request_id, groups=sizes)
         record("/v1/rank", req.model, flat)
         data, k = [], 0
         for i, n in enumerate(sizes):

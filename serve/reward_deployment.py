@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import Any
 
@@ -40,6 +41,7 @@ class RewardModelServer:
         self._pending = 0
         self._batch_started: float | None = None
         self._last_batch_s = 0.0
+        self._forward_lock = threading.Lock()  # one forward at a time: batches and groups take turns
         self._load(str(self.cfg.checkpoint))
         self._apply_knobs(self.cfg.knobs())
 
@@ -88,13 +90,21 @@ class RewardModelServer:
         rm = self.rm
         assert rm is not None
         depth = self._pending
-        self._batch_started = time.monotonic()
-        try:
-            rewards = await asyncio.to_thread(rm.rewards_of, items)
-        finally:
-            self._last_batch_s = time.monotonic() - self._batch_started
-            self._batch_started = None
+        rewards = await self._run(rm.rewards_of, items)
         return [(r, len(items), depth) for r in rewards]
+
+    async def _run(self, fn: Any, items: list[Encoded]) -> list[float | MmrmError | RuntimeError]:
+        """Run a forward in a worker thread (the loop stays free), timed for the health check."""
+        def locked() -> list[float | MmrmError | RuntimeError]:
+            with self._forward_lock:
+                self._batch_started = time.monotonic()
+                try:
+                    return fn(items)
+                finally:
+                    self._last_batch_s = time.monotonic() - self._batch_started
+                    self._batch_started = None
+
+        return await asyncio.to_thread(locked)
 
     async def _one(self, enc: Encoded) -> tuple[Any, int, int]:
         self._pending += 1
@@ -103,9 +113,15 @@ class RewardModelServer:
         finally:
             self._pending -= 1
 
-    async def score(self, samples: list[dict[str, Any]], request_id: str = "", fields: list[str] | None = None) -> dict[str, Any]:
+    async def score(self, samples: list[dict[str, Any]], request_id: str = "", fields: list[str] | None = None,
+                    groups: list[int] | None = None) -> dict[str, Any]:
         """Score samples. Input errors reject the whole request naming ``items[i]``; a runtime
-        failure of one item becomes that item's invalid result."""
+        failure of one item becomes that item's invalid result.
+
+        ``groups`` (sizes, summing to ``len(samples)``) marks consecutive samples that share a
+        prompt, a GRPO group: each group runs the shared-prefix path
+        (:meth:`RewardModel.rewards_of_group`) as one unit instead of joining the dynamic batch.
+        """
         rm = self.rm
         assert rm is not None
         parsed = [Sample.model_validate(s) for s in samples]
@@ -123,7 +139,15 @@ class RewardModelServer:
             encoded = await asyncio.to_thread(encode_all)
         except InvalidInput as e:
             return to_wire(e)
-        outs = await asyncio.gather(*(self._one(e) for e in encoded))
+        if groups is not None:
+            outs = []
+            k = 0
+            for n in groups:
+                part = encoded[k:k + n]
+                k += n
+                outs += [(r, len(part), self._pending) for r in await self._run(rm.rewards_of_group, part)]
+        else:
+            outs = await asyncio.gather(*(self._one(e) for e in encoded))
         prov = rm.provenance
         results = []
         for value, _, _ in outs:

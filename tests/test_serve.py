@@ -68,14 +68,17 @@ def test_compare_and_rank(service: dict, inproc) -> None:
     assert r.status_code == 200, r.text
     ra, rb = inproc.score([Sample(prompt=prompt, response=x) for x in responses[:2]])
     assert r.json()["data"][0]["prob_a_wins"] == pytest.approx(1 / (1 + math.exp(-(ra - rb))), abs=1e-5)
-    r = _post(service, "/v1/rank", {"model": "tiny", "groups": [{"prompt": prompt, "responses": responses}]})
+    # two groups: each runs the replica's shared-prefix path; scores equal the plain path's
+    groups = [{"prompt": prompt, "responses": responses},
+              {"prompt": "Which digit comes after 4?", "responses": ["5", "Five, since 4 + 1 = 5.", "6"]}]
+    r = _post(service, "/v1/rank", {"model": "tiny", "groups": groups})
     assert r.status_code == 200, r.text
-    g = r.json()["data"][0]
-    raw = np.array([x["value"] for x in g["results"]])
-    want = inproc.score([Sample(prompt=prompt, response=x) for x in responses])
-    assert np.max(np.abs(raw - want)) < 1e-5
-    expected = (np.array(want) - np.mean(want)) / (np.std(want) + 1e-6)  # population std, pinned formula
-    assert np.max(np.abs(np.array(g["normalized"]) - expected)) < 1e-4
+    for g_in, g in zip(groups, r.json()["data"]):
+        raw = np.array([x["value"] for x in g["results"]])
+        want = inproc.score([Sample(prompt=g_in["prompt"], response=x) for x in g_in["responses"]])
+        assert np.max(np.abs(raw - want)) < 1e-5
+        expected = (np.array(want) - np.mean(want)) / (np.std(want) + 1e-6)  # population std, pinned formula
+        assert np.max(np.abs(np.array(g["normalized"]) - expected)) < 1e-4
 
 
 def test_judge_route_with_image_matches_in_process_judge(service: dict) -> None:
