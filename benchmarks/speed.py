@@ -378,10 +378,18 @@ def measure_service(ckpts: dict[str, Path], args: argparse.Namespace, peak: floa
 
         # -- dynamic batching: 32 concurrent single-sample clients, batching on vs batch size 1
         for short, n in (("tiny", args.n_tiny), ("small", args.n_small)):
-            bodies = [s.model_dump(mode="json") for s in C.text_samples(n, seed=1)]
+            batch_samples = C.text_samples(n, seed=1)
+            bodies = [s.model_dump(mode="json") for s in batch_samples]
             arms = {tag: (lambda tag=tag: asyncio.run(_clients(url, f"{short}-{tag}", bodies, 32))) for tag in ("b32", "b1")}
             t = C.interleave(arms, args.rounds)
             cpu = {tag: _cpu_ms_per_request(arm, n) for tag, arm in arms.items()}
+            # The most batching can give here: the same forwards in process, no HTTP, no Ray.
+            local = load_rm(ckpts[f"{short}-text"], max_batch_size=32)
+            enc = [local.encode(x) for x in batch_samples]
+            ideal = C.interleave({"b1": lambda: [local.rewards_of([e]) for e in enc],
+                                  "b32": lambda: [local.rewards_of(enc[k:k + 32]) for k in range(0, len(enc), 32)]},
+                                 args.rounds)
+            del local
             out[f"dynamic_batching_{short}"] = {
                 "model": f"{short}-text", "requests": n, "clients": 32,
                 "batched_samples_per_s": round(n / t["b32"].median, 3),
@@ -389,6 +397,8 @@ def measure_service(ckpts: dict[str, Path], args: argparse.Namespace, peak: floa
                 "ratio": C.ratio(t["b1"].median, t["b32"].median), "target": 3.0 if short == "tiny" else None,
                 "seconds": {k: [round(s, 3) for s in v.seconds] for k, v in t.items()},
                 "cpu_ms_per_request": cpu,
+                "inproc_ideal_ratio": C.ratio(ideal["b1"].median, ideal["b32"].median),
+                "inproc_forward_ms_per_sample": {k: round(v.median * 1000 / n, 2) for k, v in ideal.items()},
             }
 
         # -- memory: peak RSS of every replica
