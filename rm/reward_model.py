@@ -425,6 +425,7 @@ class RewardModel(nn.Module):
     pack_tokens: int = 2048
 
     def _packing(self) -> bool:
+        """Whether a forward now packs its text-only samples (inference on a packable backbone)."""
         want = self.pack_sequences if self.pack_sequences is not None else self.device.type == "cpu"
         if not want or torch.is_grad_enabled() or self.backbone.training:
             return False
