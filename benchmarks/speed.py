@@ -241,7 +241,9 @@ def measure_vllm(ckpts: dict[str, Path], args: argparse.Namespace, peak: float) 
             except subprocess.TimeoutExpired:
                 proc.kill()
     med = {k: statistics.median(v) for k, v in secs.items()}
+    engine = _measure_vllm_engine(ckpt, rm, samples, enc, args, tmp)
     return {
+        "mmrm_vllm_engine": engine,
         "model": "small-text", "n": len(ids), "median_tokens": statistics.median(lengths),
         "vllm_samples_per_s": round(len(ids) / med["vllm"], 3),
         "mmrm_hf_samples_per_s": round(len(ids) / med["mmrm_hf"], 3),
@@ -256,9 +258,42 @@ def measure_vllm(ckpts: dict[str, Path], args: argparse.Namespace, peak: float) 
         "target": 1.0,
         "reward_max_abs_diff_vllm_vs_mmrm": vllm_diff,
         "seconds": {k: [round(s, 3) for s in v] for k, v in secs.items()},
-        "mmrm_vllm_engine": "not measured: mmrm has no vllm reward engine yet",
         "settings": "vLLM offline LLM(runner=pooling, convert=embed, LAST pooling, fp32, enforce_eager), "
                     "VLLM_CPU_OMP_THREADS_BIND=0-1, VLLM_CPU_NUM_OF_RESERVED_CPU=0; both sides get token ids",
+    }
+
+
+def _measure_vllm_engine(ckpt: Path, rm: Any, samples: list[Any], enc: list[Any], args: argparse.Namespace,
+                         tmp: Path) -> dict[str, Any]:
+    """mmrm's ``vllm`` engine (a vLLM pooling SERVER over HTTP, head in process) vs the ``hf`` engine.
+
+    Reported apart from the offline comparison: it measures mmrm delegating to vLLM, HTTP included."""
+    import vllm_server as vs
+
+    from mmrm.rm.vllm_engine import POOLER_CONFIG, VLLMRewardModel, backbone_view
+
+    view = backbone_view(ckpt, tmp / "backbone")
+    try:
+        server = vs.start_server(view, log_path=tmp / "vllm-server.log", served_name="small-text",
+                                 extra_args=("--runner", "pooling", "--convert", "embed", "--pooler-config",
+                                             POOLER_CONFIG, "--no-enable-prefix-caching"))
+    except RuntimeError as e:
+        return {"error": str(e)[-1500:]}
+    try:
+        vl = VLLMRewardModel.from_server(ckpt, base_url=server.base_url, served_model=server.model)
+        diff = max(abs(a - b) for a, b in zip(vl.score(samples[:8]), rm.score(samples[:8])))
+        t = C.interleave({"mmrm_vllm_engine": lambda: vl.score(samples), "mmrm_hf": lambda: rm.score(samples)}, args.rounds)
+        vl.close()
+    finally:
+        server.stop()
+    return {
+        "mmrm_vllm_engine_samples_per_s": round(len(samples) / t["mmrm_vllm_engine"].median, 3),
+        "mmrm_hf_samples_per_s": round(len(samples) / t["mmrm_hf"].median, 3),
+        "vllm_engine_vs_hf": C.ratio(t["mmrm_hf"].median, t["mmrm_vllm_engine"].median),
+        "reward_max_abs_diff": diff,
+        "seconds": {k: [round(x, 3) for x in v.seconds] for k, v in t.items()},
+        "how": "score() end to end (encoding in mmrm for both); vLLM OpenAI server, pooling runner, prefix caching "
+               "off, both cores; /v1/embeddings with token ids, max_batch_size samples per request",
     }
 
 

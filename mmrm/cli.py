@@ -115,6 +115,23 @@ def serve(
         _fail(e)
 
 
+@app.command("vllm-view")
+def vllm_view(
+    checkpoint: Path = typer.Argument(..., help="An mmrm reward checkpoint (merged weights)."),
+    dest: Path = typer.Argument(..., help="Directory to create: links to the backbone files only."),
+) -> None:
+    """Prepare a checkpoint for the vllm engine: print the `vllm serve` command for its backbone."""
+    from mmrm.rm.errors import MmrmError
+    from mmrm.rm.vllm_engine import POOLER_CONFIG, backbone_view
+
+    try:
+        view = backbone_view(checkpoint, dest)
+    except MmrmError as e:
+        _fail(e)
+    console.print(f"vllm serve {view} --runner pooling --convert embed --pooler-config '{POOLER_CONFIG}'",
+                  soft_wrap=True, markup=False)
+
+
 @app.command()
 def demo(
     workdir: Path = typer.Option(Path(".mmrm-demo"), help="Where the demo model, data and serve config live."),

@@ -61,8 +61,26 @@ def _load_backbone(path: Path, *, dtype: torch.dtype, sequence_classification: b
         model = tf.AutoModelForImageTextToText.from_pretrained(str(path), **kw)
     else:
         model = tf.AutoModelForCausalLM.from_pretrained(str(path), **kw)
-    processor = tf.AutoProcessor.from_pretrained(str(path)) if vision else tf.AutoTokenizer.from_pretrained(str(path))
+    processor, _ = load_processor(path)
     return model, processor, vision
+
+
+def load_processor(path: Path) -> tuple[Any, bool]:
+    """A checkpoint's processor (VLM) or tokenizer (text model), and whether it has vision."""
+    import transformers as tf
+
+    _, vision = ckpt.backbone_architecture(path)
+    processor = tf.AutoProcessor.from_pretrained(str(path)) if vision else tf.AutoTokenizer.from_pretrained(str(path))
+    return processor, vision
+
+
+def load_head(path: Path, cfg: ckpt.RewardConfig, dtype: DType = "float32") -> RewardHead:
+    """An mmrm checkpoint's reward head, in ``dtype``."""
+    from safetensors.torch import load_file
+
+    head = RewardHead(cfg.head.hidden_size, cfg.head.type, cfg.head.inner_size)
+    head.load_state_dict(load_file(str(path / ckpt.HEAD_NAME)))
+    return head.to(_DTYPES[dtype])
 
 
 def base_model(model: nn.Module) -> nn.Module:
@@ -198,8 +216,6 @@ class RewardModel(nn.Module):
     def _load(cls, path: str | Path, *, dtype: DType, device: str, head_dtype: DType, max_length: int | None,
               truncation: Literal["refuse", "left"] | None, media_policy: MediaPolicy | None, name: str | None,
               max_batch_size: int, max_batch_tokens: int) -> "RewardModel":
-        from safetensors.torch import load_file
-
         path = Path(path)
         cfg = ckpt.read_config(path)
         arch, _ = ckpt.backbone_architecture(path)
@@ -220,9 +236,7 @@ class RewardModel(nn.Module):
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(path / ckpt.ADAPTER_DIR))
-        head = RewardHead(cfg.head.hidden_size, cfg.head.type, cfg.head.inner_size)
-        head.load_state_dict(load_file(str(path / ckpt.HEAD_NAME)))
-        head.to(_DTYPES[head_dtype])
+        head = load_head(path, cfg, head_dtype)
         updates = {k: v for k, v in (("max_length", max_length), ("truncation", truncation)) if v is not None}
         cfg = cfg.model_copy(update=updates)
         rm = cls(

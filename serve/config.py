@@ -51,12 +51,23 @@ class BatchKnobs(_Strict):
     max_batch_tokens: int = Field(default=16384, ge=1, description="Padded tokens per forward pass.")
 
 
+class VLLMEngineSettings(_Strict):
+    """Where the ``vllm`` engine's server runs (see mmrm.rm.vllm_engine; started by you)."""
+
+    base_url: str = Field(pattern=r"^https?://", description="The vLLM server's OpenAI API, e.g. http://127.0.0.1:8001/v1.")
+    served_model: str = Field(min_length=1, description="The model name the server was started with.")
+    timeout_s: float = Field(default=120, gt=0, description="Per request to the server.")
+    api_key_env: str | None = Field(default=None, description="Env var holding the server's API key, if it has one.")
+
+
 class ModelConfig(BatchKnobs):
     """A reward model served as one Ray Serve deployment."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Model id used in requests.")
     kind: Literal["reward_model"] = "reward_model"
     checkpoint: Path = Field(description="Reward checkpoint directory (mmrm format or seq-classification).")
+    engine: Literal["hf", "vllm"] = Field(default="hf", description="hf: transformers in the replica; vllm: a vLLM server.")
+    vllm: VLLMEngineSettings | None = Field(default=None, description="Required with engine: vllm.")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field(default="auto", description="auto, cpu, cuda.")
     max_length: int | None = Field(default=None, gt=0, description="Override the checkpoint's max_length.")
@@ -78,6 +89,8 @@ class ModelConfig(BatchKnobs):
     def _replicas(self) -> "ModelConfig":
         if self.autoscaling is not None:
             self.num_replicas = None
+        if self.engine == "vllm" and self.vllm is None:
+            raise ValueError("engine: vllm needs a `vllm` block (base_url, served_model)")
         return self
 
     def knobs(self) -> dict[str, Any]:

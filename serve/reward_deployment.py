@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -21,6 +22,7 @@ from mmrm.rm.encode import Encoded
 from mmrm.rm.errors import BackendError, InvalidInput, MmrmError
 from mmrm.rm.media import MediaPolicy
 from mmrm.rm.reward_model import RewardModel
+from mmrm.rm.vllm_engine import VLLMRewardModel
 from mmrm.rm.types import Sample, ScoreResult
 from mmrm.serve.config import ModelConfig
 from mmrm.serve.errors import to_wire
@@ -47,12 +49,20 @@ class RewardModelServer:
 
     # --------------------------------------------------------------------------- lifecycle
     def _load(self, checkpoint: str) -> None:
-        rm = RewardModel.from_pretrained(
-            checkpoint, dtype=self.cfg.dtype, device=self.cfg.device, max_length=self.cfg.max_length,
-            truncation=self.cfg.truncation, media_policy=self.media, name=self.cfg.name,
-            max_batch_size=self.cfg.max_batch_size, max_batch_tokens=self.cfg.max_batch_tokens,
-            pack_sequences={"auto": None, "on": True, "off": False}[self.cfg.packing], compile=self.cfg.compile,
-        )
+        common = dict(max_length=self.cfg.max_length, truncation=self.cfg.truncation, media_policy=self.media,
+                      name=self.cfg.name, max_batch_size=self.cfg.max_batch_size, max_batch_tokens=self.cfg.max_batch_tokens)
+        rm: RewardModel
+        if self.cfg.engine == "vllm":
+            v = self.cfg.vllm
+            assert v is not None  # the config validator guarantees it
+            rm = VLLMRewardModel.from_server(checkpoint, base_url=v.base_url, served_model=v.served_model,
+                                             timeout_s=v.timeout_s, api_key=os.environ.get(v.api_key_env or "") or None,
+                                             **common)  # type: ignore[arg-type]
+        else:
+            rm = RewardModel.from_pretrained(
+                checkpoint, dtype=self.cfg.dtype, device=self.cfg.device, compile=self.cfg.compile,
+                pack_sequences={"auto": None, "on": True, "off": False}[self.cfg.packing], **common,  # type: ignore[arg-type]
+            )
         rm.score([WARMUP])  # ready means: loaded AND scored once
         self.rm, self._checkpoint = rm, checkpoint  # swap atomically: in-flight batches keep the old one
         log.info("model %s loaded from %s (fingerprint %s)", self.cfg.name, checkpoint, rm.fingerprint)

@@ -112,8 +112,12 @@ class VLLMServer:
                 self.proc.wait(timeout=30)
 
 
-def start_server(model_dir: Path, *, log_path: Path, port: int | None = None, ready_timeout: float = 300.0) -> VLLMServer:
-    """Start vLLM's OpenAI-compatible server on 127.0.0.1 and wait until ``/v1/models`` answers."""
+def start_server(model_dir: Path, *, log_path: Path, port: int | None = None, ready_timeout: float = 300.0,
+                 served_name: str = "tiny-judge", extra_args: tuple[str, ...] = ("--max-logprobs", "20")) -> VLLMServer:
+    """Start vLLM's OpenAI-compatible server on 127.0.0.1 and wait until ``/v1/models`` answers.
+
+    ``extra_args`` default to a generating judge's; a pooling (reward backbone) server passes
+    ``--runner pooling --convert embed --pooler-config ...`` instead."""
     py = ensure_venv(quiet=True)
     port = port or free_port()
     env = dict(os.environ)
@@ -126,14 +130,14 @@ def start_server(model_dir: Path, *, log_path: Path, port: int | None = None, re
     env.pop("PYTHONPATH", None)
     cmd = [
         str(py), "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(model_dir), "--served-model-name", "tiny-judge",
+        "--model", str(model_dir), "--served-model-name", served_name,
         "--host", "127.0.0.1", "--port", str(port),
         "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.2",
-        "--max-model-len", "2048", "--max-logprobs", "20",
+        "--max-model-len", "2048", *extra_args,
     ]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    server = VLLMServer(base_url=f"http://127.0.0.1:{port}/v1", model="tiny-judge", proc=proc, log_path=log_path)
+    server = VLLMServer(base_url=f"http://127.0.0.1:{port}/v1", model=served_name, proc=proc, log_path=log_path)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

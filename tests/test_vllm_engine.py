@@ -1,0 +1,147 @@
+"""mmrm's ``vllm`` reward engine against a real vLLM (CPU) pooling server.
+
+The server runs the backbone of a saved text reward checkpoint (tiny Qwen2, through
+``backbone_view``); the independent expectation is the ``hf`` engine on the same checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import image_part, image_uri, text_part
+from mmrm.rm.errors import ConfigError, UnsupportedInput
+from mmrm.rm.reward_model import RewardModel
+from mmrm.rm.types import Pair, Sample
+from mmrm.rm.vllm_engine import MMRM_FILES, POOLER_CONFIG, VLLMRewardModel, backbone_view
+
+pytestmark = [pytest.mark.slow, pytest.mark.vllm]
+
+ATOL = 1e-4
+RESPONSES = ["5", "Five, because four plus one is five.", "six", "It is five. " * 12]
+PROMPT = [{"role": "system", "content": "You grade answers."}, {"role": "user", "content": "Which number comes after 4?"}]
+
+
+@pytest.fixture(scope="module")
+def text_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_qwen2: Path) -> Path:
+    return RewardModel.from_backbone(tiny_qwen2, seed=11).save_pretrained(tmp_path_factory.mktemp("vllm-rm") / "rm")
+
+
+@pytest.fixture(scope="module")
+def pooling_server(tmp_path_factory: pytest.TempPathFactory, text_checkpoint: Path):
+    sys.path.insert(0, str(Path(__file__).parent))
+    import vllm_server as vs
+
+    view = backbone_view(text_checkpoint, tmp_path_factory.mktemp("view") / "backbone")
+    server = vs.start_server(view, log_path=tmp_path_factory.mktemp("vllm-pool") / "server.log", served_name="tiny-rm",
+                             extra_args=("--runner", "pooling", "--convert", "embed", "--pooler-config", POOLER_CONFIG))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def engines(text_checkpoint: Path, pooling_server):
+    hf = RewardModel.from_pretrained(text_checkpoint, device="cpu")
+    vl = VLLMRewardModel.from_server(text_checkpoint, base_url=pooling_server.base_url, served_model=pooling_server.model)
+    yield hf, vl
+    vl.close()
+
+
+def test_backbone_view_holds_only_the_backbone(text_checkpoint: Path, tmp_path: Path) -> None:
+    view = backbone_view(text_checkpoint, tmp_path / "v")
+    names = {p.name for p in view.iterdir()}
+    assert "config.json" in names and any(n.endswith(".safetensors") for n in names)
+    assert not names & set(MMRM_FILES)
+    with pytest.raises(ConfigError) as e:
+        backbone_view(tmp_path / "v", tmp_path / "again")  # not an mmrm checkpoint
+    assert e.value.field == "checkpoint"
+
+
+def test_vllm_engine_scores_equal_hf_engine(engines) -> None:
+    hf, vl = engines
+    samples = [Sample(prompt=PROMPT, response=r) for r in RESPONSES]
+    want = hf.score(samples)
+    got = vl.score(samples)
+    assert got == pytest.approx(want, abs=ATOL)
+    assert len(set(round(x, 4) for x in want)) == len(want)  # distinct rewards: a real comparison
+    res = vl.score_results(samples[:1])[0]
+    assert res.provenance.engine == "vllm" and res.provenance.fingerprint == hf.fingerprint
+
+
+def test_vllm_engine_pairs_groups_and_batches(engines) -> None:
+    hf, vl = engines
+    pairs = [Pair(prompt=PROMPT, response_a=RESPONSES[0], response_b=RESPONSES[2]),
+             Pair(prompt="Say hi", response_a="hi", response_b="Hello there, friend!")]
+    ra = hf.score([Sample(prompt=p.prompt, response=p.response_a) for p in pairs])
+    rb = hf.score([Sample(prompt=p.prompt, response=p.response_b) for p in pairs])
+    want = [1 / (1 + math.exp(b - a)) for a, b in zip(ra, rb)]
+    assert vl.compare(pairs) == pytest.approx(want, abs=ATOL)
+    assert vl.score_group(PROMPT, RESPONSES).raw == pytest.approx(hf.score_group(PROMPT, RESPONSES).raw, abs=ATOL)
+    vl.max_batch_size = 3  # several requests to the server for one call
+    try:
+        before = vl.forward_calls
+        got = vl.score([Sample(prompt=PROMPT, response=r) for r in RESPONSES * 2])
+        assert vl.forward_calls - before == 3
+    finally:
+        vl.max_batch_size = 32
+    assert got == pytest.approx(hf.score([Sample(prompt=PROMPT, response=r) for r in RESPONSES * 2]), abs=ATOL)
+
+
+def test_vllm_engine_refuses_images_by_field(engines) -> None:
+    _, vl = engines
+    s = Sample(prompt=[{"role": "user", "content": [image_part(image_uri(28, 28, 1)), text_part("digit?")]}], response="3")
+    with pytest.raises(UnsupportedInput) as e:
+        vl.encode(s)
+    assert e.value.field and e.value.field.startswith("prompt")  # the encoder names the image part
+    res = vl.score_results([s, Sample(prompt="hi", response="hello")])
+    assert res[0].invalid is not None and res[0].error_kind == "unsupported_input"
+    assert res[1].ok
+
+
+def test_vllm_engine_server_down_fails_items_not_the_caller(text_checkpoint: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from vllm_server import free_port
+
+    vl = VLLMRewardModel.from_server(text_checkpoint, base_url=f"http://127.0.0.1:{free_port()}/v1",
+                                     served_model="tiny-rm", timeout_s=5)
+    try:
+        res = vl.score_results([Sample(prompt="hi", response="hello"), Sample(prompt="a", response="b")])
+    finally:
+        vl.close()
+    assert all(r.invalid is not None and r.error_kind == "backend_error" for r in res)
+    assert "unreachable" in res[0].invalid  # type: ignore[operator]
+
+
+def test_engine_config_validation() -> None:
+    from pydantic import ValidationError
+
+    from mmrm.serve.config import ModelConfig
+
+    with pytest.raises(ValidationError) as e:
+        ModelConfig.model_validate({"name": "m", "checkpoint": "/x", "engine": "vllm"})
+    assert "vllm" in str(e.value)
+    with pytest.raises(ValidationError) as e:
+        ModelConfig.model_validate({"name": "m", "checkpoint": "/x", "engine": "vllm",
+                                    "vllm": {"base_url": "127.0.0.1:8001", "served_model": "m"}})
+    assert "base_url" in str(e.value)
+    ok = ModelConfig.model_validate({"name": "m", "checkpoint": "/x", "engine": "vllm",
+                                     "vllm": {"base_url": "http://127.0.0.1:8001/v1", "served_model": "m"}})
+    assert ok.vllm is not None and ok.vllm.timeout_s == 120
+
+
+def test_cli_vllm_view_prints_the_serve_command(text_checkpoint: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from mmrm.cli import app
+
+    r = CliRunner().invoke(app, ["vllm-view", str(text_checkpoint), str(tmp_path / "bb")])
+    assert r.exit_code == 0, r.output
+    assert f"vllm serve {tmp_path / 'bb'} --runner pooling --convert embed" in r.output
+    assert (tmp_path / "bb" / "config.json").exists() and not (tmp_path / "bb" / MMRM_FILES[1]).exists()
+    bad = CliRunner().invoke(app, ["vllm-view", str(tmp_path / "bb"), str(tmp_path / "cc")])
+    assert bad.exit_code != 0 and "checkpoint" in bad.output
