@@ -241,7 +241,10 @@ def measure_vllm(ckpts: dict[str, Path], args: argparse.Namespace, peak: float) 
             except subprocess.TimeoutExpired:
                 proc.kill()
     med = {k: statistics.median(v) for k, v in secs.items()}
-    engine = _measure_vllm_engine(ckpt, rm, samples, enc, args, tmp)
+    try:
+        engine = _measure_vllm_engine(ckpt, rm, samples, enc, args, tmp)
+    except Exception as e:  # reported, and the offline comparison above is kept
+        engine = {"error": f"{type(e).__name__}: {e}"[:1500]}
     return {
         "mmrm_vllm_engine": engine,
         "model": "small-text", "n": len(ids), "median_tokens": statistics.median(lengths),
@@ -276,7 +279,8 @@ def _measure_vllm_engine(ckpt: Path, rm: Any, samples: list[Any], enc: list[Any]
     try:
         server = vs.start_server(view, log_path=tmp / "vllm-server.log", served_name="small-text",
                                  extra_args=("--runner", "pooling", "--convert", "embed", "--pooler-config",
-                                             POOLER_CONFIG, "--no-enable-prefix-caching"))
+                                             POOLER_CONFIG, "--no-enable-prefix-caching",
+                                             "--max-model-len", str(rm.config.max_length)))
     except RuntimeError as e:
         return {"error": str(e)[-1500:]}
     try:

@@ -42,6 +42,10 @@ MMRM_FILES = (ckpt.CONFIG_NAME, ckpt.HEAD_NAME, ckpt.ADAPTER_DIR)
 POOLER_CONFIG = '{"seq_pooling_type": "LAST", "use_activation": false}'
 
 
+class ServerRefused(BackendError):
+    """The vLLM server refused a request (a 4xx answer): something in it, not the server, is wrong."""
+
+
 def backbone_view(checkpoint: str | Path, dest: str | Path) -> Path:
     """A directory of links to ``checkpoint``'s backbone files only, for ``vllm serve``."""
     src = Path(checkpoint).resolve()
@@ -102,10 +106,28 @@ class VLLMRewardModel(RewardModel):
                               field="checkpoint")
         processor, _ = load_processor(path)
         updates = {k: v for k, v in (("max_length", max_length), ("truncation", truncation)) if v is not None}
-        return cls(processor, load_head(path, cfg), cfg.model_copy(update=updates), base_url=base_url,
-                   served_model=served_model, timeout_s=timeout_s, api_key=api_key,
-                   media=MediaLoader(media_policy), name=name or path.name, fingerprint=ckpt.fingerprint(path),
-                   max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens)
+        rm = cls(processor, load_head(path, cfg), cfg.model_copy(update=updates), base_url=base_url,
+                 served_model=served_model, timeout_s=timeout_s, api_key=api_key,
+                 media=MediaLoader(media_policy), name=name or path.name, fingerprint=ckpt.fingerprint(path),
+                 max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens)
+        served = rm._server_max_len()
+        if served is not None and served < rm.config.max_length:
+            # Longer samples would be refused by the server as a whole batch: refuse (or truncate)
+            # them here instead, one by one, naming the limit.
+            log.warning("vllm engine: the server's max_model_len %d is below the checkpoint's max_length %d; using %d",
+                        served, rm.config.max_length, served)
+            rm.config = rm.config.model_copy(update={"max_length": served})
+            rm.encoder.max_length = served
+        return rm
+
+    def _server_max_len(self) -> int | None:
+        """The served model's ``max_model_len`` from ``/models``; None when the server does not say."""
+        try:
+            r = self._http.get(f"{self.base_url}/models")
+            cards = r.json().get("data", []) if r.status_code == 200 else []
+        except (httpx.HTTPError, ValueError):
+            return None  # not up yet: the first score says so per item
+        return next((int(c["max_model_len"]) for c in cards if c.get("id") == self.served_model and c.get("max_model_len")), None)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -130,7 +152,8 @@ class VLLMRewardModel(RewardModel):
         except httpx.HTTPError as e:
             raise BackendError(f"vLLM server at {self.base_url} unreachable: {e}") from None
         if r.status_code != 200:
-            raise BackendError(f"vLLM server at {self.base_url} answered {r.status_code}: {r.text[:300]}")
+            cls = ServerRefused if 400 <= r.status_code < 500 else BackendError
+            raise cls(f"vLLM server at {self.base_url} answered {r.status_code}: {r.text[:300]}")
         data = sorted(r.json()["data"], key=lambda d: d["index"])
         return [d["embedding"] for d in data]
 
@@ -147,7 +170,9 @@ class VLLMRewardModel(RewardModel):
                 values: list[float | MmrmError | RuntimeError] = self.head(states).float().tolist()
             except BackendError as e:
                 log.warning("vllm engine: %s", e)
-                values = [e] * len(idx)
+                # The server refused the request (4xx): find the item(s) it refuses, one by one.
+                values = ([self.rewards_of([encoded[i]])[0] for i in idx] if isinstance(e, ServerRefused) and len(idx) > 1
+                          else [e] * len(idx))
             for i, v in zip(idx, values):
                 results[i] = v
         return results

@@ -145,3 +145,29 @@ def test_cli_vllm_view_prints_the_serve_command(text_checkpoint: Path, tmp_path:
     assert (tmp_path / "bb" / "config.json").exists() and not (tmp_path / "bb" / MMRM_FILES[1]).exists()
     bad = CliRunner().invoke(app, ["vllm-view", str(tmp_path / "bb"), str(tmp_path / "cc")])
     assert bad.exit_code != 0 and "checkpoint" in bad.output
+
+
+def test_server_context_limit_is_the_engines_limit(engines) -> None:
+    """The fixture's server runs with max_model_len 2048, below the checkpoint's 4096: longer samples
+    are refused here, one by one, naming the limit, instead of failing a whole server batch."""
+    from mmrm.rm.errors import InputTooLong
+
+    hf, vl = engines
+    assert hf.config.max_length == 4096 and vl.config.max_length == 2048
+    words = "five four three two one " * 10
+    long = Sample(prompt=PROMPT, response=words * 50)
+    n = hf.encode(long).length
+    assert 2048 < n <= 4096, n
+    with pytest.raises(InputTooLong) as e:
+        vl.encode(long)
+    assert e.value.limit == 2048
+    # if a request still reaches the server with an item it refuses, only that item fails
+    vl.encoder.max_length = 4096
+    try:
+        res = vl.rewards_of([vl.encode(Sample(prompt=PROMPT, response=RESPONSES[0])), vl.encode(long),
+                             vl.encode(Sample(prompt=PROMPT, response=RESPONSES[1]))])
+    finally:
+        vl.encoder.max_length = 2048
+    want = hf.score([Sample(prompt=PROMPT, response=r) for r in RESPONSES[:2]])
+    assert [res[0], res[2]] == pytest.approx(want, abs=ATOL)
+    assert getattr(res[1], "kind", None) == "backend_error" and "2048" in str(res[1])
