@@ -171,3 +171,45 @@ def test_server_context_limit_is_the_engines_limit(engines) -> None:
     want = hf.score([Sample(prompt=PROMPT, response=r) for r in RESPONSES[:2]])
     assert [res[0], res[2]] == pytest.approx(want, abs=ATOL)
     assert getattr(res[1], "kind", None) == "backend_error" and "2048" in str(res[1])
+
+
+def test_vllm_engine_behind_the_service(service: dict, pooling_server, text_checkpoint: Path, engines) -> None:
+    """A Serve app whose model runs on the vllm engine: HTTP scores equal the hf engine's; an
+    image is a 422 naming the item; /v1/rank works (groups are plain samples there)."""
+    import time
+
+    import httpx
+    from ray import serve
+
+    from mmrm.serve.app import build_app
+
+    hf, _ = engines
+    args = {"models": [{"name": "text-rm", "checkpoint": str(text_checkpoint), "engine": "vllm", "num_cpus": 0.5,
+                        "vllm": {"base_url": pooling_server.base_url, "served_model": pooling_server.model}}],
+            "ingress_num_cpus": 0.25}
+    serve.run(build_app(args), name="vllmengine", route_prefix="/vllmengine", blocking=False)
+    url = service["url"] + "/vllmengine"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        items = [{"prompt": PROMPT, "response": r} for r in RESPONSES]
+        r = httpx.post(url + "/v1/score", json={"model": "text-rm", "items": items}, timeout=120)
+        assert r.status_code == 200, r.text
+        got = [d["value"] for d in r.json()["data"]]
+        assert got == pytest.approx(hf.score([Sample.model_validate(i) for i in items]), abs=ATOL)
+        assert r.json()["data"][0]["provenance"]["engine"] == "vllm"
+        img = {"prompt": [{"role": "user", "content": [image_part(image_uri(28, 28, 2)), text_part("digit?")]}], "response": "3"}
+        bad = httpx.post(url + "/v1/score", json={"model": "text-rm", "items": [items[0], img]}, timeout=120)
+        assert bad.status_code == 422 and bad.json()["error"]["field"].startswith("items[1].prompt")
+        rank = httpx.post(url + "/v1/rank", json={"model": "text-rm", "groups": [{"prompt": PROMPT, "responses": RESPONSES}]},
+                          timeout=120)
+        assert rank.status_code == 200, rank.text
+        assert [x["value"] for x in rank.json()["data"][0]["results"]] == pytest.approx(got, abs=ATOL)
+    finally:
+        serve.delete("vllmengine")
