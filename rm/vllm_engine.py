@@ -46,15 +46,21 @@ class ServerRefused(BackendError):
     """The vLLM server refused a request (a 4xx answer): something in it, not the server, is wrong."""
 
 
-def backbone_view(checkpoint: str | Path, dest: str | Path) -> Path:
-    """A directory of links to ``checkpoint``'s backbone files only, for ``vllm serve``."""
-    src = Path(checkpoint).resolve()
-    cfg = ckpt.read_config(src)
+def _merged_config(path: Path) -> ckpt.RewardConfig:
+    """The checkpoint's mmrm config; only merged weights can be served by vLLM."""
+    cfg = ckpt.read_config(path)
     if cfg is None:
-        raise ConfigError(f"{src} is not an mmrm reward checkpoint (no {ckpt.CONFIG_NAME})", field="checkpoint")
+        raise ConfigError(f"{path} is not an mmrm reward checkpoint (no {ckpt.CONFIG_NAME})", field="checkpoint")
     if cfg.lora == "adapter":
         raise ConfigError("the vllm engine needs merged weights: save the model with merge_lora=True",
                           field="checkpoint")
+    return cfg
+
+
+def backbone_view(checkpoint: str | Path, dest: str | Path) -> Path:
+    """A directory of links to ``checkpoint``'s backbone files only, for ``vllm serve``."""
+    src = Path(checkpoint).resolve()
+    _merged_config(src)
     out = Path(dest)
     out.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
@@ -98,12 +104,7 @@ class VLLMRewardModel(RewardModel):
         """The checkpoint's tokenizer, config and head here; its backbone served at ``base_url``
         (``http://host:port/v1``) under the name ``served_model``."""
         path = Path(path)
-        cfg = ckpt.read_config(path)
-        if cfg is None:
-            raise ConfigError(f"{path} is not an mmrm reward checkpoint (no {ckpt.CONFIG_NAME})", field="checkpoint")
-        if cfg.lora == "adapter":
-            raise ConfigError("the vllm engine needs merged weights: save the model with merge_lora=True",
-                              field="checkpoint")
+        cfg = _merged_config(path)
         processor, _ = load_processor(path)
         updates = {k: v for k, v in (("max_length", max_length), ("truncation", truncation)) if v is not None}
         rm = cls(processor, load_head(path, cfg), cfg.model_copy(update=updates), base_url=base_url,
