@@ -33,8 +33,6 @@ def _packed_sdpa(module: nn.Module, query: torch.Tensor, key: torch.Tensor, valu
     cu = kwargs.pop("cu_seq_lens_q", None)
     if cu is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    for k in ("cu_seq_lens_k", "max_length_q", "max_length_k", "position_ids"):
-        kwargs.pop(k, None)
     bounds = cu.tolist()
     # One causal SDPA per sample: no mask, so the CPU takes its fused (flash) kernel.
     outs = [
@@ -82,12 +80,11 @@ def pack(input_ids: Sequence[torch.Tensor]) -> dict[str, Any]:
     cu[1:] = torch.cumsum(lengths, 0)
     ids = torch.cat(list(input_ids)).unsqueeze(0)
     positions = torch.cat([torch.arange(int(n)) for n in lengths]).unsqueeze(0)
-    max_len = int(lengths.max())
     return {
         "input_ids": ids,
         "position_ids": positions,
         # A dict mask tells transformers the masks are prepared: attention comes from cu_seq_lens_q.
         "attention_mask": {"full_attention": None, "sliding_attention": None},
-        "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": max_len, "max_length_k": max_len,
+        "cu_seq_lens_q": cu,
         "last": (cu[1:] - 1).long(),
     }

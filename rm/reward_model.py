@@ -61,17 +61,15 @@ def _load_backbone(path: Path, *, dtype: torch.dtype, sequence_classification: b
         model = tf.AutoModelForImageTextToText.from_pretrained(str(path), **kw)
     else:
         model = tf.AutoModelForCausalLM.from_pretrained(str(path), **kw)
-    processor, _ = load_processor(path)
-    return model, processor, vision
+    return model, load_processor(path), vision
 
 
-def load_processor(path: Path) -> tuple[Any, bool]:
-    """A checkpoint's processor (VLM) or tokenizer (text model), and whether it has vision."""
+def load_processor(path: Path) -> Any:
+    """A checkpoint's processor (VLM) or tokenizer (text model)."""
     import transformers as tf
 
     _, vision = ckpt.backbone_architecture(path)
-    processor = tf.AutoProcessor.from_pretrained(str(path)) if vision else tf.AutoTokenizer.from_pretrained(str(path))
-    return processor, vision
+    return tf.AutoProcessor.from_pretrained(str(path)) if vision else tf.AutoTokenizer.from_pretrained(str(path))
 
 
 def load_head(path: Path, cfg: ckpt.RewardConfig, dtype: DType = "float32") -> RewardHead:
@@ -202,20 +200,6 @@ class RewardModel(nn.Module):
         :attr:`pack_sequences` (None: on a CPU); ``compile`` compiles the decoder's MLP and norm
         blocks (:mod:`mmrm.rm.regional_compile`; slower start-up, faster CPU forwards).
         """
-        rm = cls._load(path, dtype=dtype, device=device, head_dtype=head_dtype, max_length=max_length,
-                       truncation=truncation, media_policy=media_policy, name=name,
-                       max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens)
-        rm.pack_sequences = pack_sequences
-        if compile:
-            from mmrm.rm.regional_compile import compile_regions
-
-            compile_regions(base_model(rm.backbone))
-        return rm
-
-    @classmethod
-    def _load(cls, path: str | Path, *, dtype: DType, device: str, head_dtype: DType, max_length: int | None,
-              truncation: Literal["refuse", "left"] | None, media_policy: MediaPolicy | None, name: str | None,
-              max_batch_size: int, max_batch_tokens: int) -> "RewardModel":
         path = Path(path)
         cfg = ckpt.read_config(path)
         arch, _ = ckpt.backbone_architecture(path)
@@ -226,24 +210,29 @@ class RewardModel(nn.Module):
                     "train a head with `mmrm train` or pass a reward checkpoint",
                     field="checkpoint",
                 )
-            return cls._from_sequence_classification(
+            rm = cls._from_sequence_classification(
                 path, dtype=dtype, device=device, head_dtype=head_dtype, max_length=max_length,
                 truncation=truncation, media_policy=media_policy, name=name,
                 max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
             )
-        model, processor, _ = _load_backbone(path, dtype=_DTYPES[dtype], sequence_classification=False)
-        if cfg.lora == "adapter":
-            from peft import PeftModel
+        else:
+            model, processor, _ = _load_backbone(path, dtype=_DTYPES[dtype], sequence_classification=False)
+            if cfg.lora == "adapter":
+                from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(path / ckpt.ADAPTER_DIR))
-        head = load_head(path, cfg, head_dtype)
-        updates = {k: v for k, v in (("max_length", max_length), ("truncation", truncation)) if v is not None}
-        cfg = cfg.model_copy(update=updates)
-        rm = cls(
-            model, processor, head, cfg, media=MediaLoader(media_policy), name=name or path.name,
-            fingerprint=ckpt.fingerprint(path), max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
-        )
-        return rm.to(resolve_device(device)).eval()
+                model = PeftModel.from_pretrained(model, str(path / ckpt.ADAPTER_DIR))
+            updates = {k: v for k, v in (("max_length", max_length), ("truncation", truncation)) if v is not None}
+            rm = cls(
+                model, processor, load_head(path, cfg, head_dtype), cfg.model_copy(update=updates),
+                media=MediaLoader(media_policy), name=name or path.name, fingerprint=ckpt.fingerprint(path),
+                max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens,
+            ).to(resolve_device(device)).eval()
+        rm.pack_sequences = pack_sequences
+        if compile:
+            from mmrm.rm.regional_compile import compile_regions
+
+            compile_regions(base_model(rm.backbone))
+        return rm
 
     @classmethod
     def _from_sequence_classification(cls, path: Path, *, dtype: DType, device: str, head_dtype: DType,
@@ -469,6 +458,7 @@ class RewardModel(nn.Module):
         base = base_model(self.backbone)
         kw = packing.pack([e.input_ids for e in encoded])
         last = kw.pop("last").to(self.device)
+        # the sample bounds stay on the CPU: attention reads them as Python ints in every layer
         kw = {k: v.to(self.device) if isinstance(v, torch.Tensor) and k != "cu_seq_lens_q" else v for k, v in kw.items()}
         out = base(**kw, use_cache=False)
         return self.head(out.last_hidden_state[0, last])

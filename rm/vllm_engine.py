@@ -105,7 +105,7 @@ class VLLMRewardModel(RewardModel):
         (``http://host:port/v1``) under the name ``served_model``."""
         path = Path(path)
         cfg = _merged_config(path)
-        processor, _ = load_processor(path)
+        processor = load_processor(path)
         updates = {k: v for k, v in (("max_length", max_length), ("truncation", truncation)) if v is not None}
         rm = cls(processor, load_head(path, cfg), cfg.model_copy(update=updates), base_url=base_url,
                  served_model=served_model, timeout_s=timeout_s, api_key=api_key,

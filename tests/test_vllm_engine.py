@@ -176,8 +176,6 @@ def test_server_context_limit_is_the_engines_limit(engines) -> None:
 def test_vllm_engine_behind_the_service(service: dict, pooling_server, text_checkpoint: Path, engines) -> None:
     """A Serve app whose model runs on the vllm engine: HTTP scores equal the hf engine's; an
     image is a 422 naming the item; /v1/rank works (groups are plain samples there)."""
-    import time
-
     import httpx
     from ray import serve
 
@@ -188,16 +186,9 @@ def test_vllm_engine_behind_the_service(service: dict, pooling_server, text_chec
                         "vllm": {"base_url": pooling_server.base_url, "served_model": pooling_server.model}}],
             "ingress_num_cpus": 0.25}
     serve.run(build_app(args), name="vllmengine", route_prefix="/vllmengine", blocking=False)
+    # serve.run returns once the replicas are up, and they only come up after scoring a warm-up sample
     url = service["url"] + "/vllmengine"
     try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(url + "/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
         items = [{"prompt": PROMPT, "response": r} for r in RESPONSES]
         r = httpx.post(url + "/v1/score", json={"model": "text-rm", "items": items}, timeout=120)
         assert r.status_code == 200, r.text
