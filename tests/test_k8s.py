@@ -1,8 +1,8 @@
 """k8s/: every manifest validated offline against a real schema, and the dashboard against /metrics.
 
 What validates what (nothing is ever skipped; a missing schema or an unknown kind FAILS):
-- Kubernetes' own kinds (Secret, PersistentVolumeClaim, and the pod templates and object metadata
-  embedded in the RayService): `kubernetes-validate` (PyPI; bundles the upstream OpenAPI schemas,
+- Kubernetes' own kinds (Secret, PersistentVolumeClaim, NetworkPolicy, and the pod templates and
+  object metadata embedded in the RayService): `kubernetes-validate` (PyPI; bundles the upstream OpenAPI schemas,
   works offline) in strict mode, so unknown fields fail. It raises for any kind it has no schema
   for, which is how an unknown or misspelled kind fails here.
 - RayService: the KubeRay CRD in ../shared/schemas/ (openAPIV3Schema of the manifest's apiVersion),
@@ -15,6 +15,9 @@ What validates what (nothing is ever skipped; a missing schema or an unknown kin
   `ServeDeploySchema`.
 - Grafana dashboard: every metric name a query uses must be in the documented list below and in
   the live service's /metrics (fixture `live_metrics_text`, from tests/conftest.py).
+- Ray's own endpoints: the RayService turns on Ray token auth from a Secret defined here, and the
+  NetworkPolicy is evaluated (a small evaluator of its semantics, below) against the labels KubeRay
+  puts on pods, for every source that matters and every Ray port.
 """
 
 from __future__ import annotations
@@ -63,10 +66,15 @@ def manifests() -> list[tuple[str, dict[str, Any]]]:
     return [(f"{p.name}#{i}", d) for p in manifest_files() for i, d in enumerate(_load_yaml_docs(p))]
 
 
-def one(kind: str) -> dict[str, Any]:
-    found = [d for _, d in manifests() if d.get("kind") == kind]
-    assert len(found) == 1, f"expected exactly one {kind} in k8s/, found {len(found)}"
+def one(kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for _, d in manifests() if d.get("kind") == kind and name in (None, d["metadata"]["name"])]
+    assert len(found) == 1, f"expected exactly one {kind} {name or ''} in k8s/, found {len(found)}"
     return found[0]
+
+
+# The Secret the pods read the scoring API's token from, and the one holding Ray's cluster token.
+API_TOKEN_SECRET = "mmrm-api-token"
+RAY_TOKEN_SECRET = "mmrm-ray-token"
 
 
 VENDORED_SCHEMAS = K8S / "schemas"
@@ -315,7 +323,7 @@ def _containers(rs: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def test_k8s_dir_has_the_expected_kinds() -> None:
     kinds = sorted(d.get("kind") for _, d in manifests())
-    assert kinds == ["PersistentVolumeClaim", "RayService", "Secret", "ServiceMonitor"]
+    assert kinds == ["NetworkPolicy", "PersistentVolumeClaim", "RayService", "Secret", "Secret", "ServiceMonitor"]
 
 
 @pytest.mark.parametrize("name_doc", manifests(), ids=lambda nd: nd[0])
@@ -351,7 +359,7 @@ def test_kind_without_apiversion_fails(crds: CRDValidators) -> None:
 
 
 def test_core_unknown_field_and_wrong_type_fail(crds: CRDValidators) -> None:
-    secret = one("Secret")
+    secret = one("Secret", API_TOKEN_SECRET)
     bad = copy.deepcopy(secret)
     bad["stringDatta"] = bad.pop("stringData")
     with pytest.raises(kubernetes_validate.ValidationError):
@@ -477,7 +485,7 @@ def test_serve_config_binds_all_interfaces_explicitly(serve_config: dict[str, An
 def test_token_comes_from_a_secret_never_from_the_files(serve_config: dict[str, Any], rayservice: dict[str, Any]) -> None:
     auth = serve_config["applications"][0]["args"]["auth"]
     assert set(auth) <= {"token_env", "protect_metrics"}, "the config names the variable; it never holds a token"
-    secret = one("Secret")
+    secret = one("Secret", API_TOKEN_SECRET)
     assert "REPLACE" in json.dumps(secret.get("stringData", {})), "secret.example.yaml must hold a placeholder only"
     (key,) = secret["stringData"]
     for group, c in _containers(rayservice):
@@ -537,6 +545,193 @@ def test_models_and_image_wiring(serve_config: dict[str, Any], rayservice: dict[
             assert volumes[mounts["/models"]["name"]]["persistentVolumeClaim"]["claimName"] == pvc
     for m in serve_config["applications"][0]["args"]["models"]:
         assert m["checkpoint"].startswith("/models/"), m
+
+
+# --------------------------------------------------------------------------------------------------
+# 2b. Ray's own endpoints: token authentication and the NetworkPolicy in front of the Ray pods.
+
+# The Secret key KubeRay reads the token from (ray-operator utils/constant.go RAY_AUTH_TOKEN_SECRET_KEY).
+KUBERAY_TOKEN_KEY = "auth_token"
+# KubeRay injects these into every Ray container only where the container does not set them itself
+# (ray-operator common/pod.go SetContainerTokenAuthEnvVars), so a manifest that sets one wins.
+RAY_AUTH_ENV = {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ENABLE_K8S_TOKEN_AUTH"}
+
+
+def test_rayservice_turns_on_ray_token_auth_from_our_secret(rayservice: dict[str, Any]) -> None:
+    auth = rayservice["spec"]["rayClusterConfig"]["authOptions"]
+    assert auth["mode"] == "token"
+    # With secretName KubeRay generates no Secret of its own, and reads ours (key auth_token).
+    assert auth["secretName"] == RAY_TOKEN_SECRET
+    secret = one("Secret", RAY_TOKEN_SECRET)
+    assert set(secret["stringData"]) == {KUBERAY_TOKEN_KEY}
+    assert "REPLACE" in secret["stringData"][KUBERAY_TOKEN_KEY], "secret.example.yaml must hold a placeholder only"
+    # Ray's cluster token and the scoring API's token are different secrets for different audiences.
+    assert RAY_TOKEN_SECRET != API_TOKEN_SECRET
+    assert not auth.get("enableK8sTokenAuth"), "K8s-delegated auth is unsupported for RayService"
+    for group, c in _containers(rayservice):
+        overridden = RAY_AUTH_ENV & {e["name"] for e in c.get("env", [])}
+        assert not overridden, f"{group}: {sorted(overridden)} set by hand would override authOptions"
+
+
+@pytest.mark.parametrize("path,value", [(["mode"], "tokens"), (["secretName"], 7), (["secretname"], "x")],
+                         ids=["mode-enum", "secretName-type", "unknown-field"])
+def test_rayservice_bad_auth_options_fail(rayservice: dict[str, Any], crds: CRDValidators, path: list[str],
+                                          value: Any) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        crds.validate(_mutated(rayservice, ["spec", "rayClusterConfig", "authOptions", *path], value))
+
+
+def test_network_policy_is_valid_and_bad_ones_fail() -> None:
+    policy = one("NetworkPolicy")
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    validate_core(policy)
+    for path, value in [(["spec", "policyTypes"], "Ingress"),  # must be a list
+                        (["spec", "ingres"], []),  # unknown field
+                        (["spec", "ingress", 0, "ports", 0, "port"], [8000])]:
+        with pytest.raises(kubernetes_validate.ValidationError):
+            validate_core(_mutated(policy, path, value))
+
+
+def _selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes LabelSelector: every matchLabels pair AND every matchExpression; {} matches all."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        has, values = e["key"] in labels, e.get("values", [])
+        ok = {"In": has and labels.get(e["key"]) in values, "NotIn": not has or labels[e["key"]] not in values,
+              "Exists": has, "DoesNotExist": not has}[e["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+class Pod:
+    def __init__(self, namespace: str, labels: dict[str, str]) -> None:
+        self.namespace, self.labels = namespace, labels
+        # Every namespace carries this label (Kubernetes >= 1.21), which namespaceSelectors match.
+        self.namespace_labels = {"kubernetes.io/metadata.name": namespace}
+
+
+def ingress_allowed(policy: dict[str, Any], policy_ns: str, dst: Pod, src: Pod, port: int) -> bool:
+    """Whether NetworkPolicy `policy` (the only one, applied in `policy_ns`) lets `src` open TCP `port`
+    on `dst`, per networking.k8s.io/v1: a selected pod is isolated for ingress and admits only what a
+    rule allows; a rule with no `ports` covers every port and one with no `from` every source; a peer
+    with both selectors needs both, one with only a podSelector means this namespace."""
+    spec = policy["spec"]
+    if dst.namespace != policy_ns or not _selector_matches(spec["podSelector"], dst.labels):
+        return True  # not isolated by this policy
+    if "Ingress" not in spec.get("policyTypes", ["Ingress"]):
+        return True
+    for rule in spec.get("ingress", []):
+        ports = rule.get("ports") or [{}]
+        for p in ports:
+            assert isinstance(p.get("port", 0), int), "named ports: extend this evaluator"
+        if not any(p.get("protocol", "TCP") == "TCP" and ("port" not in p or p["port"] <= port <= p.get("endPort", p["port"]))
+                   for p in ports):
+            continue
+        peers = rule.get("from") or []
+        if not peers:
+            return True
+        for peer in peers:
+            assert "ipBlock" not in peer, "ipBlock admits by address, not by pod: extend this evaluator"
+            ns_sel, pod_sel = peer.get("namespaceSelector"), peer.get("podSelector")
+            ns_ok = src.namespace == policy_ns if ns_sel is None else _selector_matches(ns_sel, src.namespace_labels)
+            if ns_ok and (pod_sel is None or _selector_matches(pod_sel, src.labels)):
+                return True
+    return False
+
+
+def test_policy_evaluator_semantics() -> None:
+    """The evaluator itself, on small policies whose answers the NetworkPolicy docs give."""
+    a, b = Pod("ns", {"app": "a"}), Pod("other", {"app": "a"})
+    pol = {"spec": {"podSelector": {"matchLabels": {"app": "a"}}, "policyTypes": ["Ingress"], "ingress": [
+        {"ports": [{"port": 80}]},
+        {"from": [{"podSelector": {"matchLabels": {"role": "x"}}}], "ports": [{"port": 9000, "endPort": 9010}]},
+        {"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "other"}}}]},
+    ]}}
+    x_here, x_there = Pod("ns", {"role": "x"}), Pod("far", {"role": "x"})
+    assert ingress_allowed(pol, "ns", a, x_there, 80) and not ingress_allowed(pol, "ns", a, x_there, 81)
+    assert ingress_allowed(pol, "ns", a, x_here, 9005) and not ingress_allowed(pol, "ns", a, x_there, 9005)
+    assert not ingress_allowed(pol, "ns", a, x_here, 9011)
+    assert ingress_allowed(pol, "ns", a, b, 12345)  # any pod of namespace "other", any port
+    assert ingress_allowed(pol, "ns", b, x_there, 22)  # b is in another namespace: not selected
+    assert not ingress_allowed({"spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}, "ns", a, x_here, 80)
+    expr = {"matchExpressions": [{"key": "k", "operator": "In", "values": ["1"]}, {"key": "j", "operator": "DoesNotExist"}]}
+    assert _selector_matches(expr, {"k": "1"}) and not _selector_matches(expr, {"k": "1", "j": ""})
+
+
+def kuberay_pod_labels(rs: dict[str, Any], group: str, cluster_suffix: str) -> dict[str, str]:
+    """The labels KubeRay puts on a Ray pod of RayService `rs`, built the way ray-operator
+    common/pod.go labelPod does: its own labels, then the pod template's on top, except
+    ray.io/node-type, ray.io/group and ray.io/cluster, which the template cannot override. A
+    RayService's RayCluster is named `<name>-<5 random chars>` (utils.GenerateRayClusterName)."""
+    cluster = f"{rs['metadata']['name']}-{cluster_suffix}"
+    node_type = "head" if group == "head" else "worker"
+    fixed = {"ray.io/cluster": cluster, "ray.io/node-type": node_type,
+             "ray.io/group": "headgroup" if group == "head" else group}
+    labels = {"ray.io/is-ray-node": "yes", "ray.io/identifier": f"{cluster}-{node_type}",
+              "app.kubernetes.io/name": "kuberay", "app.kubernetes.io/created-by": "kuberay-operator", **fixed}
+    template = dict(_pod_templates(rs))[group]
+    labels.update({k: v for k, v in template["metadata"].get("labels", {}).items() if k not in fixed})
+    return labels
+
+
+APP_NS = "scoring"  # wherever the RayService is applied
+OPERATOR_NS = "default"  # KubeRay's Helm chart and kustomize default; networkpolicy.yaml says to edit it
+SERVE_PORT = 8000
+# Ray's ports that must not be open to the cluster: dashboard (job submission), dashboard agent
+# (KubeRay's default listen port), GCS, Ray client, Ray's metrics, and one in the workers' range.
+RAY_INTERNAL_PORTS = {"dashboard": 8265, "agent": 52365, "gcs": 6379, "client": 10001, "ray-metrics": 8080,
+                      "worker": 10123}
+
+
+def test_network_policy_admits_only_the_operator_and_the_clusters_own_pods(rayservice: dict[str, Any]) -> None:
+    policy = one("NetworkPolicy")
+    groups = [g for g, _ in _pod_templates(rayservice)]
+    ours = {g: Pod(APP_NS, kuberay_pod_labels(rayservice, g, "k8x2q")) for g in groups}
+    # After an upgrade the RayService's new RayCluster has another suffix; its pods are still ours.
+    ours_next = {g: Pod(APP_NS, kuberay_pod_labels(rayservice, g, "p4m9z")) for g in groups}
+    head = ours["head"]
+    assert head.labels["ray.io/node-type"] == "head" and head.labels["ray.io/cluster"].startswith("mmrm-")
+    operators = {  # the operator pod's labels in its Helm chart and in its kustomize manifests
+        "helm": Pod(OPERATOR_NS, {"app.kubernetes.io/name": "kuberay-operator", "app.kubernetes.io/instance": "kuberay-operator",
+                                  "app.kubernetes.io/component": "kuberay-operator"}),
+        "kustomize": Pod(OPERATOR_NS, {"app.kubernetes.io/name": "kuberay", "app.kubernetes.io/component": "kuberay-operator"}),
+    }
+    strangers = {
+        "client pod, same namespace": Pod(APP_NS, {"app": "client"}),
+        "pod in another namespace": Pod("tenant-b", {"app": "client"}),
+        "operator-labelled pod outside the operator's namespace": Pod("tenant-b", {"app.kubernetes.io/component": "kuberay-operator"}),
+        "non-operator pod in the operator's namespace": Pod(OPERATOR_NS, {"app": "web"}),
+        "another RayCluster's pod, same namespace": Pod(APP_NS, {"ray.io/is-ray-node": "yes", "ray.io/cluster": "other-x1y2z",
+                                                                 "ray.io/node-type": "head", "app.kubernetes.io/name": "kuberay"}),
+    }
+    # The policy isolates exactly our Ray pods: not the clients, not another RayCluster's pods.
+    for who, pod in {**ours, **ours_next}.items():
+        assert _selector_matches(policy["spec"]["podSelector"], pod.labels), f"{who} pod not selected"
+    for who in ("client pod, same namespace", "another RayCluster's pod, same namespace"):
+        assert not _selector_matches(policy["spec"]["podSelector"], strangers[who].labels), who
+
+    for dst_group, dst in ours.items():
+        for src in [*operators.values(), *strangers.values(), *ours.values()]:
+            assert ingress_allowed(policy, APP_NS, dst, src, SERVE_PORT), (dst_group, src.labels)
+        for name, port in RAY_INTERNAL_PORTS.items():
+            for who, src in strangers.items():
+                assert not ingress_allowed(policy, APP_NS, dst, src, port), f"{who} reaches {dst_group}:{port} ({name})"
+            for src in [*ours.values(), *ours_next.values()]:
+                assert ingress_allowed(policy, APP_NS, dst, src, port), f"own pod refused on {dst_group}:{port} ({name})"
+            for flavour, op in operators.items():
+                # The operator needs the dashboard (serve deploy and status) and nothing else of Ray's.
+                assert ingress_allowed(policy, APP_NS, dst, op, port) == (name == "dashboard"), (flavour, dst_group, name)
+
+
+def test_network_policy_keeps_the_ports_the_rayservice_declares(rayservice: dict[str, Any], serve_config: dict[str, Any]) -> None:
+    head = rayservice["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in head["ports"]}
+    assert ports["serve"] == SERVE_PORT == serve_config["http_options"]["port"]
+    assert ports["dashboard"] == RAY_INTERNAL_PORTS["dashboard"] and ports["gcs-server"] == RAY_INTERNAL_PORTS["gcs"]
+    # The ServiceMonitor scrapes mmrm's /metrics on the serve port, which the policy leaves open.
+    assert one("ServiceMonitor")["spec"]["endpoints"][0]["port"] == "serve"
 
 
 # --------------------------------------------------------------------------------------------------
