@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import torch
 
-from mmrm.rm.errors import InputTooLong, UnsupportedInput
+from mmrm.rm.errors import InputTooLong, InvalidInput, UnsupportedInput
 from mmrm.rm.media import MediaLoader
 from mmrm.rm.types import ImagePart, Message, TextPart, VideoPart
 
@@ -90,8 +90,33 @@ class Encoder:
         vocab = self.tokenizer.get_vocab()
         # Token ids that mark media spans: left truncation must never cut through one.
         self._media_ids = {vocab[t] for t in ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>") if t in vocab}
+        # The processor's own media placeholders and every special token that marks media: typed
+        # into a text part they would make the token count disagree with the images given, which
+        # fails the whole forward (and with it every other sample of the batch).
+        marks = {getattr(processor, a, None) for a in ("image_token", "video_token", "vision_start_token", "vision_end_token")}
+        marks |= {t for t in self.tokenizer.all_special_tokens if vocab.get(t) in self._media_ids}
+        self._placeholders = sorted(t for t in marks if isinstance(t, str) and t)
 
     # ----------------------------------------------------------------------------------------------
+    def check_text(self, messages: list[Message]) -> None:
+        """Refuse text the tokenizer cannot take as given: lone UTF-16 surrogates (not encodable as
+        UTF-8) and media placeholder tokens typed as text (their count would not match the media)."""
+        for i, m in enumerate(messages):
+            for j, p in enumerate(m.parts):
+                if not isinstance(p, TextPart):
+                    continue
+                where = f"messages[{i}].content[{j}].text" if isinstance(m.content, list) else f"messages[{i}].content"
+                try:
+                    p.text.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise InvalidInput(f"text is not valid Unicode (a lone surrogate at character {e.start})",
+                                       field=where, limit="UTF-8 encodable text") from None
+                for t in self._placeholders:
+                    if t in p.text:
+                        raise UnsupportedInput(
+                            f"text contains the media placeholder {t!r}; pass images and video as content parts",
+                            field=where, limit="no media placeholder tokens in text")
+
     def load_media(self, messages: list[Message]) -> tuple[list[Any], list[list[Any]]]:
         """Load every image and video of a conversation in order, with field paths in errors."""
         images: list[Any] = []
@@ -138,6 +163,7 @@ class Encoder:
         ``protected_suffix`` is how many final tokens left truncation may never remove (the
         response); callers that do not know it leave 0 and only the prompt side is cut anyway.
         """
+        self.check_text(messages)
         text = self.render(messages, add_generation_prompt=add_generation_prompt, strip_end=strip_end)
         images, videos = self.load_media(messages)
         if self.multimodal:

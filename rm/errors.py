@@ -6,7 +6,28 @@ HTTP status in one place (``mmrm.serve``) and a user can fix the request without
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
+
+#: Every machine-readable error kind mmrm uses, in results (``ScoreResult.error_kind``), HTTP error
+#: bodies, metrics labels and the eval runner's transient set. One fixed vocabulary: a metric label
+#: or a result never carries a string a caller made up.
+ErrorKind = Literal[
+    "error", "invalid_input", "invalid_media", "media_forbidden", "limit_exceeded", "payload_too_large",
+    "input_too_long", "unsupported_input", "media_fetch_failed", "missing_media", "config_error",
+    "backend_error", "overloaded", "rate_limited", "replica_unavailable", "timeout", "unauthorized",
+    "not_found", "bad_request", "method_not_allowed", "internal", "service_error", "transport_error",
+    "reward_unavailable", "low_label_mass", "invalid_output", "budget_exhausted", "scorer_exception",
+]
+ERROR_KINDS: frozenset[str] = frozenset(get_args(ErrorKind))
+
+
+def error_kind_of(exc: BaseException) -> ErrorKind:
+    """The kind of ``exc`` in the fixed vocabulary (``backend_error`` for anything mmrm did not raise,
+    ``service_error`` for a kind outside the vocabulary, such as a remote service's ``http_502``)."""
+    kind = getattr(exc, "kind", None)
+    if kind is None:
+        return "backend_error"
+    return kind if kind in ERROR_KINDS else "service_error"  # type: ignore[return-value]
 
 
 class MmrmError(Exception):
@@ -113,3 +134,24 @@ class Overloaded(MmrmError):
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.retry_after = retry_after
+
+
+def _subclasses(cls: type) -> list[type]:
+    out = []
+    for sub in cls.__subclasses__():
+        out += [sub, *_subclasses(sub)]
+    return out
+
+
+def error_from(kind: str | None, message: str, *, field: str | None = None, limit: Any = None,
+               retry_after: float | None = None) -> MmrmError:
+    """Rebuild a typed error from its wire form (kind, message, field, limit): the class whose
+    ``kind`` matches (any loaded subclass of :class:`MmrmError`), else a plain MmrmError."""
+    kinds = {c.kind: c for c in [MmrmError, *_subclasses(MmrmError)]}
+    cls = kinds.get(kind or "", MmrmError)
+    if issubclass(cls, Overloaded):
+        return cls(message, field=field, limit=limit, retry_after=retry_after or 1.0)
+    err = cls(message, field=field, limit=limit)
+    if cls is MmrmError and kind:
+        err.kind = kind  # keep the kind even without a class for it (e.g. a judge's invalid_output)
+    return err

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from mmrm.rm.errors import MmrmError
 from mmrm.rm.normalize import group_normalize
 from mmrm.rm.types import ScoreResult
 
@@ -25,7 +24,8 @@ def pair_result(a: ScoreResult, b: ScoreResult) -> ScoreResult:
         return ScoreResult(value=prob, prob_a_wins=prob, provenance=a.provenance,
                            details={"reward_a": a.value, "reward_b": b.value})
     bad, side = (a, "response_a") if not a.ok else (b, "response_b")
-    err = bad._error or MmrmError(bad.invalid or "scoring failed")
+    err = bad.error()
+    assert err is not None
     return ScoreResult.failed(err, bad.provenance, prefix=f"{side}: ")
 
 

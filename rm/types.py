@@ -20,6 +20,8 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from mmrm.rm.errors import ErrorKind, error_from, error_kind_of
+
 Role = Literal["system", "user", "assistant"]
 
 
@@ -258,7 +260,9 @@ class ScoreResult(BaseModel):
     """One scored item, the same record for every scorer.
 
     ``value`` is the reward (reward model), the score (judge) or, for a pair, P(A > B).
-    Exactly one of ``value`` and ``invalid`` is set; a failed item never fails its batch.
+    Exactly one of ``value`` and ``invalid`` is set; a failed item never fails its batch. A failed
+    item says why (``invalid``), what kind of failure it was (``error_kind``), which input field
+    failed (``field``, e.g. ``items[3].prompt[0].content[1].image_url``) and the limit it broke.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -266,28 +270,44 @@ class ScoreResult(BaseModel):
     value: float | None = Field(description="Reward, score, or P(A>B) for pairs; null when invalid.")
     prob_a_wins: float | None = Field(default=None, description="For pairs: P(A > B).")
     invalid: str | None = Field(default=None, description="Why there is no value (item-level failure).")
-    error_kind: str | None = Field(default=None, description="Machine-readable kind of the failure.")
+    error_kind: ErrorKind | None = Field(default=None, description="Machine-readable kind of the failure.")
+    field: str | None = Field(default=None, description="Path of the input field that failed, when one did.")
+    limit: Any = Field(default=None, description="The limit the failing field broke (a number, allowed values), if any.")
     details: dict[str, Any] = Field(default_factory=dict, description="Scorer-specific extras.")
-    provenance: Provenance
+    provenance: Provenance = Field(description="Which scorer produced this result.")
     _error: Exception | None = PrivateAttr(default=None)
 
     @classmethod
     def failed(cls, error: Exception, provenance: Provenance, *, prefix: str = "", **details: Any) -> "ScoreResult":
-        """An invalid result carrying ``error`` (its message, its kind, and the exception itself)."""
+        """An invalid result carrying ``error`` (its message, kind, field, limit, and the exception itself)."""
         msg = f"{prefix}{error}"
-        r = cls(value=None, invalid=msg, error_kind=getattr(error, "kind", "backend_error"), provenance=provenance, details=details)
+        limit = getattr(error, "limit", None)
+        if limit is not None and not isinstance(limit, (int, float, str, bool, list)):
+            limit = str(limit)
+        r = cls(value=None, invalid=msg, error_kind=error_kind_of(error), field=getattr(error, "field", None),
+                limit=limit, provenance=provenance, details=details)
         r._error = error
         return r
 
+    def error(self) -> Exception | None:
+        """The error that made this result invalid (rebuilt from its kind, field and limit when the
+        result came over the wire), or None for a valid result."""
+        if self.invalid is None:
+            return None
+        if self._error is None:
+            msg = self.invalid  # str(error): the message, then " [field] (limit: ...)"
+            tail = (f" [{self.field}]" if self.field else "") + (f" (limit: {self.limit})" if self.limit is not None else "")
+            if tail and msg.endswith(tail):
+                msg = msg[: -len(tail)]
+            self._error = error_from(self.error_kind, msg, field=self.field, limit=self.limit)
+        return self._error
+
     def raise_for_invalid(self) -> float:
         """The value, or raise the error that made this result invalid."""
-        if self.invalid is None:
-            return float(self.value)  # type: ignore[arg-type]
-        if self._error is not None:
-            raise self._error
-        from mmrm.rm.errors import MmrmError
-
-        raise MmrmError(self.invalid)
+        err = self.error()
+        if err is not None:
+            raise err
+        return float(self.value)  # type: ignore[arg-type]
 
     @model_validator(mode="after")
     def _one_of(self) -> "ScoreResult":

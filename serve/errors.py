@@ -120,7 +120,8 @@ def install(app: Any) -> None:
         # Raised by FastAPI/Starlette themselves (a body that is not UTF-8 or cannot be parsed: 400,
         # an unknown route: 404, a wrong method: 405): same envelope as every other error.
         kinds = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
-        body = {"kind": kinds.get(exc.status_code, f"http_{exc.status_code}"), "message": str(exc.detail),
+        kind = kinds.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal")  # a fixed vocabulary
+        body = {"kind": kind, "message": str(exc.detail),
                 "field": "body" if exc.status_code == 400 else None, "limit": None}
         return JSONResponse({"error": body}, status_code=exc.status_code, headers=exc.headers)
 
@@ -139,13 +140,6 @@ def install(app: Any) -> None:
                             status_code=500)
 
 
-def _all_subclasses(cls: type) -> list[type]:
-    out = []
-    for sub in cls.__subclasses__():
-        out += [sub, *_all_subclasses(sub)]
-    return out
-
-
 def to_wire(exc: e.MmrmError) -> dict[str, Any]:
     """A typed error as data, so replicas return input errors instead of raising them (a raised
     error is logged by Ray with a traceback as if it were a server fault)."""
@@ -156,9 +150,5 @@ def to_wire(exc: e.MmrmError) -> dict[str, Any]:
 
 
 def from_wire(d: dict[str, Any]) -> e.MmrmError:
-    kinds = {c.kind: c for c in [e.MmrmError, *_all_subclasses(e.MmrmError)]}
-    cls = kinds.get(d.get("kind", ""), e.MmrmError)
-    kw: dict[str, Any] = {"field": d.get("field"), "limit": d.get("limit")}
-    if issubclass(cls, e.Overloaded):
-        kw["retry_after"] = float(d.get("retry_after", 1.0))
-    return cls(d.get("message", "error"), **kw)
+    return e.error_from(d.get("kind"), d.get("message", "error"), field=d.get("field"), limit=d.get("limit"),
+                        retry_after=d.get("retry_after"))

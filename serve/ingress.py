@@ -17,14 +17,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mmrm.rm.errors import ConfigError, InvalidInput, MmrmError, Overloaded, PayloadTooLarge
 from mmrm.rm.results import group_result, pair_result
-from mmrm.rm.types import ScoreResult
+from mmrm.rm.types import Sample, ScoreResult
 from mmrm.serve import metrics as m
 from mmrm.serve.compat import openrlhf, vllm_classify
 from mmrm.serve.config import ServiceConfig
 from mmrm.serve.errors import (
-    NotFound, RateLimited, Timeout, Unauthorized, error_response, from_ray, from_wire, install,
+    NotFound, RateLimited, Timeout, Unauthorized, error_response, from_ray, from_wire, install, to_wire,
 )
-from mmrm.serve.protocol import (
+from mmrm.rm.protocol import (
     CompareRequest, CompareResponse, ErrorResponse, GroupResult, ItemResult, JudgeRequest, JudgeResponse, ModelCard,
     ModelList, RankRequest,
     RankResponse, ScoreRequest, ScoreResponse, Usage, new_id,
@@ -112,6 +112,7 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
     inflight = 0
     timeout = cfg.limits.request_timeout_s
     judges = judges or {}
+    known_paths: set[str] = set()  # filled once the routes exist (metric labels come only from here)
 
     app = FastAPI(title="mmrm", version=mmrm.__version__,
                   description="Multimodal reward models and judges: score, compare, rank, judge.")
@@ -121,9 +122,9 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
     @app.middleware("http")
     async def gate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         nonlocal inflight
-        rid = request.headers.get("x-request-id") or uuid.uuid4().hex
-        rid = rid[:128]
-        request.state.request_id = rid
+        caller = (request.headers.get("x-request-id") or "")[:128] or None
+        rid = caller or uuid.uuid4().hex
+        request.state.request_id, request.state.caller_request_id = rid, caller
         # Paths relative to the app's route prefix (Serve mounts an app under root_path).
         root = request.scope.get("root_path", "")
         path = request.url.path
@@ -134,7 +135,8 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
         scheme, _, cred = request.headers.get("authorization", "").partition(" ")
         if needs_auth:
             if scheme.lower() != "bearer" or not hmac.compare_digest(cred.encode(), token.encode()):  # type: ignore[union-attr]
-                m.ERRORS.labels(path, "unauthorized").inc()
+                # A route template or "other": never the caller's raw path (unbounded label values).
+                m.ERRORS.labels(path if path in known_paths else "other", "unauthorized").inc()
                 return error_response(Unauthorized("missing or wrong bearer token", field="Authorization"), rid)
         if bucket is not None and path not in OPEN_ROUTES and path != "/metrics":  # scrapers are not rate-limited
             # One bucket per credential (not per spelling of the header: "bearer X" and "Bearer X" are the
@@ -177,7 +179,7 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
         t0 = time.perf_counter()
         code = "200"
         try:
-            return await asyncio.wait_for(work, timeout)
+            out = await asyncio.wait_for(work, timeout)
         except asyncio.TimeoutError:
             code = "504"
             raise Timeout(f"{what} did not finish within {timeout} s", field="request", limit=timeout) from None
@@ -197,76 +199,96 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
             if record:
                 m.LATENCY.labels(route, name).observe(time.perf_counter() - t0)
                 m.REQUESTS.labels(route, name, code).inc()
-
-    async def call(route: str, model: str, samples: list[dict[str, Any]], fields: list[str], rid: str,
-                   groups: list[int] | None = None) -> list[ScoreResult]:
-        h = handle(model)
-        out = await replica_call(route, model, "scoring", h.score.remote(samples, rid, fields, groups))
-        if "error" in out:
+        if isinstance(out, dict) and "error" in out:  # a request-level error the replica returned as data
             err = from_wire(out["error"])
             m.ERRORS.labels(route, err.kind).inc()
             raise err
-        for b in out["batch_sizes"]:
-            m.BATCH_SIZE.labels(model).observe(b)
-        m.QUEUE_DEPTH.labels(model).set(out["queue_depth"])
-        return [ScoreResult.model_validate(r) for r in out["results"]]
+        return out
 
-    def record(route: str, model: str, results: list[ScoreResult]) -> None:
-        for r in results:
-            m.ITEMS.labels(route, model, "ok" if r.ok else "invalid").inc()
-            if r.ok:
-                m.SCORES.labels(route, model).observe(float(r.value))  # type: ignore[arg-type]
-
-    def items(results: list[ScoreResult]) -> list[ItemResult]:
-        return [ItemResult(index=i, **r.model_dump()) for i, r in enumerate(results)]
+    # ------------------------------------------------------------------------------------------
+    # The one scoring pipeline. Every scoring route (versioned and compat) is: convert its body to
+    # flat items (a Sample, or the item's own error when the route could not convert it) with one
+    # field path each -> check counts -> one replica call -> per-item results (a failed item is its
+    # own invalid result; the rest score in the same forwards) -> metrics -> the route's response.
 
     def check_count(n: int, field: str) -> None:
         if n > cfg.limits.max_items:
             raise InvalidInput(f"{n} {field} in one request", field=field, limit=cfg.limits.max_items)
 
+    async def score_flat(route: str, model: str, items: list[Sample | MmrmError], fields: list[str], rid: str,
+                         groups: list[int] | None = None) -> list[ScoreResult]:
+        if not items:
+            return []
+        h = handle(model)
+        wire = [it.model_dump(mode="json") if isinstance(it, Sample) else to_wire(it) for it in items]
+        out = await replica_call(route, model, "scoring", h.score.remote(wire, rid, fields, groups))
+        for b in out["batch_sizes"]:
+            m.BATCH_SIZE.labels(model).observe(b)
+        m.QUEUE_DEPTH.labels(model).set(out["queue_depth"])
+        return [ScoreResult.model_validate(r) for r in out["results"]]
+
+    def finish(route: str, model: str, results: list[ScoreResult], on_item_error: str = "return") -> Usage:
+        """Metrics for the results; with ``on_item_error="fail"`` the first failed item fails the request."""
+        for r in results:
+            m.ITEMS.labels(route, model, "ok" if r.ok else "invalid").inc()
+            if r.ok:
+                m.SCORES.labels(route, model).observe(float(r.value))  # type: ignore[arg-type]
+            else:
+                m.ERRORS.labels(route, r.error_kind or "error").inc()
+        bad = [r for r in results if not r.ok]
+        if bad and on_item_error == "fail":
+            err = bad[0].error()
+            if isinstance(err, InvalidInput):
+                raise err
+            raise InvalidInput(str(err), field=getattr(err, "field", None), limit=getattr(err, "limit", None))
+        return Usage(items=len(results), invalid=len(bad))
+
+    def items(results: list[ScoreResult]) -> list[ItemResult]:
+        return [ItemResult.of(i, r) for i, r in enumerate(results)]
+
+    def caller_id(request: Request, prefix: str) -> str:
+        return new_id(prefix, request.state.caller_request_id)
+
     @app.post("/v1/score", response_model=ScoreResponse, responses=_ERRORS, summary="Pointwise rewards")
     async def score(req: ScoreRequest, request: Request) -> ScoreResponse:
         check_count(len(req.items), "items")
-        res = await call("/v1/score", req.model, [s.model_dump(mode="json") for s in req.items],
-                         [f"items[{i}]" for i in range(len(req.items))], request.state.request_id)
-        record("/v1/score", req.model, res)
-        return ScoreResponse(id=new_id("score"), model=req.model, data=items(res),
-                             usage=Usage(items=len(res), invalid=sum(not r.ok for r in res)))
+        res = await score_flat("/v1/score", req.model, list(req.items), [f"items[{i}]" for i in range(len(req.items))],
+                               request.state.request_id)
+        usage = finish("/v1/score", req.model, res, req.on_item_error)
+        return ScoreResponse(id=caller_id(request, "score"), model=req.model, data=items(res), usage=usage)
 
     @app.post("/v1/compare", response_model=CompareResponse, responses=_ERRORS, summary="Pairwise P(A>B)")
     async def compare(req: CompareRequest, request: Request) -> CompareResponse:
         check_count(len(req.pairs), "pairs")
-        samples, fields = [], []
+        samples: list[Sample | MmrmError] = []
+        fields: list[str] = []
         for i, p in enumerate(req.pairs):
-            a, b = p.samples()
-            samples += [a.model_dump(mode="json"), b.model_dump(mode="json")]
+            samples += p.samples()
             fields += [f"pairs[{i}].response_a", f"pairs[{i}].response_b"]
-        flat = await call("/v1/compare", req.model, samples, fields, request.state.request_id)
+        flat = await score_flat("/v1/compare", req.model, samples, fields, request.state.request_id)
         res = [pair_result(flat[2 * k], flat[2 * k + 1]) for k in range(len(req.pairs))]
-        record("/v1/compare", req.model, res)
-        return CompareResponse(id=new_id("compare"), model=req.model, data=items(res),
-                               usage=Usage(items=len(res), invalid=sum(not r.ok for r in res)))
+        usage = finish("/v1/compare", req.model, res, req.on_item_error)
+        return CompareResponse(id=caller_id(request, "compare"), model=req.model, data=items(res), usage=usage)
 
     @app.post("/v1/rank", response_model=RankResponse, responses=_ERRORS, summary="GRPO groups: raw + normalized")
     async def rank(req: RankRequest, request: Request) -> RankResponse:
         check_count(len(req.groups), "groups")
-        samples, fields, sizes = [], [], []
+        samples: list[Sample | MmrmError] = []
+        fields, sizes = [], []
         for i, g in enumerate(req.groups):
             if len(g.responses) > cfg.limits.max_group_size:
                 raise InvalidInput("group too large", field=f"groups[{i}].responses", limit=cfg.limits.max_group_size)
-            for j, s in enumerate(g.samples()):
-                samples.append(s.model_dump(mode="json"))
-                fields.append(f"groups[{i}].responses[{j}]")
+            samples += g.samples()
+            fields += [f"groups[{i}].responses[{j}]" for j in range(len(g.responses))]
             sizes.append(len(g.responses))
-        flat = await call("/v1/rank", req.model, samples, fields, request.state.request_id, groups=sizes)
-        record("/v1/rank", req.model, flat)
+        flat = await score_flat("/v1/rank", req.model, samples, fields, request.state.request_id, groups=sizes)
+        usage = finish("/v1/rank", req.model, flat, req.on_item_error)
         data, k = [], 0
         for i, n in enumerate(sizes):
             part = flat[k:k + n]
             k += n
             data.append(GroupResult(index=i, results=items(part), normalized=group_result(part, eps=req.eps)))
-        return RankResponse(id=new_id("rank"), model=req.model, data=data,
-                            usage=Usage(items=len(flat), invalid=sum(not r.ok for r in flat)))
+        return RankResponse(id=caller_id(request, "rank"), model=req.model, data=data, usage=usage)
 
     @app.post("/v1/judge", response_model=JudgeResponse, responses=_ERRORS, summary="Generative judge")
     async def judge(req: JudgeRequest, request: Request) -> JudgeResponse:
@@ -276,14 +298,9 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
             raise NotFound(f"unknown judge {req.judge!r}; see GET /v1/models", field="judge", limit=sorted(judges))
         out = await replica_call("/v1/judge", req.judge, "judging",
                                  judges[req.judge].judge.remote(req.model_dump(mode="json"), request.state.request_id))
-        if "error" in out:
-            err = from_wire(out["error"])
-            m.ERRORS.labels("/v1/judge", err.kind).inc()
-            raise err
         res = [ScoreResult.model_validate(r) for r in out["results"]]
-        record("/v1/judge", req.judge, res)
-        return JudgeResponse(id=new_id("judge"), model=req.judge, data=items(res),
-                             usage=Usage(items=len(res), invalid=sum(not r.ok for r in res)))
+        usage = finish("/v1/judge", req.judge, res, req.on_item_error)
+        return JudgeResponse(id=caller_id(request, "judge"), model=req.judge, data=items(res), usage=usage)
 
     def default_model(name: str | None) -> str:
         if name:
@@ -295,29 +312,64 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
     @app.post(openrlhf.ROUTE, response_model=openrlhf.RewardResponse, response_model_exclude_none=True, responses=_ERRORS,
               summary="OpenRLHF remote reward protocol")
     async def get_reward(req: openrlhf.RewardRequest, request: Request) -> dict[str, Any]:
-        """OpenRLHF's ``--reward.remote_url`` body (``query``/``prompts``/``labels``, plus mmrm's ``images``)."""
+        """OpenRLHF's ``--reward.remote_url`` body (``query``/``prompts``/``labels``, plus mmrm's ``images``).
+
+        A query that cannot be scored follows ``compat.openrlhf.on_invalid``: ``error`` fails the
+        request (OpenRLHF 0.11.2 then leaves the sample without a reward and the step fails);
+        ``fill`` (recommended) answers ``fill_value``, flagged in ``extra_logs["mmrm_invalid"]``.
+        Either way it is logged with its field and limit and counted in ``mmrm_errors_total``
+        (see :mod:`mmrm.serve.compat.openrlhf`)."""
         opts = cfg.compat.openrlhf
         model = default_model(opts.model)
         check_count(len(req.query), "query")
         samples = openrlhf.to_samples(req)
-        res = await call(openrlhf.ROUTE, model, [s.model_dump(mode="json") for s in samples],
-                         [f"query[{i}]" for i in range(len(samples))], request.state.request_id) if samples else []
-        record(openrlhf.ROUTE, model, res)
-        return openrlhf.to_response(res, scores=opts.scores, on_invalid=opts.on_invalid, fill_value=opts.fill_value)
+        res = await score_flat(openrlhf.ROUTE, model, samples, [f"query[{i}]" for i in range(len(samples))],
+                               request.state.request_id)
+        finish(openrlhf.ROUTE, model, res)
+        return openrlhf.to_response(res, scores=opts.scores, on_invalid=opts.on_invalid, fill_value=opts.fill_value,
+                                    request_id=request.state.request_id)
 
     @app.post("/classify", responses=_ERRORS, summary="vLLM /classify shape (verl's reward-model path)")
     async def classify(body: dict[str, Any], request: Request) -> dict[str, Any]:
-        """vLLM's ``/classify`` request and response; the reward is ``data[i].probs[0]``."""
-        req = vllm_classify.parse_request(body)
-        fallback = cfg.compat.classify_default_model
-        name = req.model if (req.model in handles or not fallback) else fallback
-        model = default_model(name or fallback)
-        samples = vllm_classify.to_samples(req)
-        check_count(len(samples), "input")
-        res = await call("/classify", model, [s.model_dump(mode="json") for s in samples],
-                         [vllm_classify._item_field(req, i) for i in range(len(samples))], request.state.request_id)
-        record("/classify", model, res)
-        return vllm_classify.to_response(req, res, model=model, request_id=request.headers.get("x-request-id"))
+        """vLLM's ``/classify`` request and response; the reward is ``data[i].probs[0]``.
+
+        verl 0.9.1 (``verl/experimental/reward_loop/reward_loop.py``,
+        ``RewardLoopWorker.compute_score_disrm`` / ``_post_request``) sends one rendered sample per
+        request, reads ``data[-1]["probs"][-1]``, raises at once on a 4xx and after 16 retries on a
+        5xx, and nothing above it catches: the only answer its step survives is a 200 with a number.
+        So an input that cannot be scored follows ``compat.classify.on_invalid``: ``error``
+        (default, as vLLM does) fails the request (422 for input errors) and with it verl's step;
+        ``fill`` (recommended for verl) answers ``fill_value`` for that item, its record flagged
+        with an extra ``error`` key. Either way it is logged with its field and limit and counted
+        in ``mmrm_errors_total``. Every error this handler answers has vLLM 0.32's
+        ``ErrorResponse`` shape (``type``, ``code``, ``param``) plus mmrm's ``kind``/``field``/
+        ``limit`` (:func:`mmrm.serve.compat.vllm_classify.error_body`)."""
+        opts = cfg.compat.classify
+        try:
+            req = vllm_classify.parse_request(body)
+            fallback = cfg.compat.classify_default_model
+            name = req.model if (req.model in handles or not fallback) else fallback
+            model = default_model(name or fallback)
+            samples = vllm_classify.to_samples(req)
+            check_count(len(samples), "input")
+            res = await score_flat("/classify", model, samples,
+                                   [vllm_classify.item_field(req, i) for i in range(len(samples))],
+                                   request.state.request_id)
+            finish("/classify", model, res)
+            return vllm_classify.to_response(req, res, model=model, request_id=request.state.caller_request_id,
+                                             on_invalid=opts.on_invalid, fill_value=opts.fill_value,
+                                             trace_id=request.state.request_id)
+        except Exception as e:  # noqa: BLE001 - this route answers every error in vLLM's shape
+            if isinstance(e, MmrmError):
+                err = e
+            else:  # a server fault, logged as the app's 500 handler would
+                log.exception("internal error (request %s)", request.state.request_id)
+                err = MmrmError("internal server error")
+                err.kind = "internal"
+            mapped = error_response(err, request.state.request_id)  # the one status mapping, and its headers
+            keep = {k: v for k, v in mapped.headers.items() if k.lower() in ("retry-after", "www-authenticate")}
+            return JSONResponse(vllm_classify.error_body(err, mapped.status_code), status_code=mapped.status_code,
+                                headers=keep)
 
     @app.get("/v1/models", response_model=ModelList, responses=_ERRORS)
     async def models() -> ModelList:
@@ -344,6 +396,7 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
     async def metrics() -> Response:
         return Response(m.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    known_paths.update(r.path for r in app.routes if isinstance(getattr(r, "path", None), str))
     app.state.handles = handles
     app.state.config = cfg
     return app

@@ -8,7 +8,10 @@ rubric. Judging runs in a worker thread so the replica's loop stays free for hea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +50,9 @@ class JudgeServer:
             raise MmrmError(f"default_rubric {self.cfg.default_rubric!r} is not among the judge's rubrics",
                             field="default_rubric", limit=sorted(self.rubrics))
         Judge(self.rubrics[self.cfg.default_rubric], self.backend, self.cfg.judge)  # checks labels once at start
+        # An in-process model runs one forward at a time (several at once would each take every
+        # core and thrash); a remote server batches concurrent requests itself.
+        self._lock: Any = threading.Lock() if b.type == "hf" else contextlib.nullcontext()
 
     async def info(self) -> dict[str, Any]:
         j = Judge(self.rubrics[self.cfg.default_rubric], self.backend, self.cfg.judge)
@@ -66,16 +72,25 @@ class JudgeServer:
         return self.rubrics[rubric]
 
     async def judge(self, body: dict[str, Any], request_id: str = "") -> dict[str, Any]:
-        """Judge samples (pointwise / checklist) or pairs (both orders); per-item failures stay per item."""
+        """Judge samples (pointwise / checklist) or pairs (both orders); per-item failures stay per
+        item, each naming its item (``items[i]`` / ``pairs[i]``)."""
+        key = "pairs" if body.get("pairs") is not None else "items"
         try:
             judge = Judge(self._rubric(body.get("rubric")), self.backend, self.cfg.judge)
             refs = body.get("references")
-            if body.get("pairs") is not None:
-                pairs = [Pair.model_validate(p) for p in body["pairs"]]
-                results = await asyncio.to_thread(judge.compare, pairs, references=refs)
+            if key == "pairs":
+                run: Any = partial(judge.compare, [Pair.model_validate(p) for p in body["pairs"]], references=refs)
             else:
-                samples = [Sample.model_validate(s) for s in body["items"]]
-                results = await asyncio.to_thread(judge.score, samples, references=refs)
+                run = partial(judge.score, [Sample.model_validate(s) for s in body["items"]], references=refs)
+            results = await asyncio.to_thread(self._serialized, run)
         except MmrmError as e:
             return to_wire(e)
+        for i, r in enumerate(results):
+            if not r.ok:
+                # The judge's own field paths point into its prompt, not the request: name the item.
+                r.field = f"{key}[{i}]"
         return {"results": [r.model_dump(mode="json") for r in results], "fingerprint": judge.fingerprint}
+
+    def _serialized(self, run: Any) -> Any:
+        with self._lock:
+            return run()

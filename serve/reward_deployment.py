@@ -19,13 +19,13 @@ from typing import Any
 from ray import serve
 
 from mmrm.rm.encode import Encoded
-from mmrm.rm.errors import BackendError, InvalidInput, MmrmError
+from mmrm.rm.errors import BackendError, MmrmError
 from mmrm.rm.media import MediaPolicy
 from mmrm.rm.reward_model import RewardModel
 from mmrm.rm.vllm_engine import VLLMRewardModel
 from mmrm.rm.types import Sample, ScoreResult
 from mmrm.serve.config import ModelConfig
-from mmrm.serve.errors import to_wire
+from mmrm.serve.errors import from_wire
 
 log = logging.getLogger("mmrm.serve")
 
@@ -63,7 +63,7 @@ class RewardModelServer:
                 checkpoint, dtype=self.cfg.dtype, device=self.cfg.device, compile=self.cfg.compile,
                 pack_sequences={"auto": None, "on": True, "off": False}[self.cfg.packing], **common,  # type: ignore[arg-type]
             )
-        rm.score([WARMUP])  # ready means: loaded AND scored once
+        rm.rewards([WARMUP])  # ready means: loaded AND scored once (raises if the warm-up fails)
         self.rm, self._checkpoint = rm, checkpoint  # swap atomically: in-flight batches keep the old one
         log.info("model %s loaded from %s (fingerprint %s)", self.cfg.name, checkpoint, rm.fingerprint)
 
@@ -125,50 +125,62 @@ class RewardModelServer:
 
     async def score(self, samples: list[dict[str, Any]], request_id: str = "", fields: list[str] | None = None,
                     groups: list[int] | None = None) -> dict[str, Any]:
-        """Score samples. Input errors reject the whole request naming ``items[i]``; a runtime
-        failure of one item becomes that item's invalid result.
+        """Score samples; one result per sample, in order. An entry ``{"error": ...}`` (an item the
+        ingress already refused) is that item's invalid result. A sample that cannot be encoded (media
+        refused or broken, too long, a modality the model does not take) is that sample's invalid
+        result naming ``fields[i]`` and the limit; the others score in the same forwards as ever.
 
         ``groups`` (sizes, summing to ``len(samples)``) marks consecutive samples that share a
-        prompt, a GRPO group: each group runs the shared-prefix path
+        prompt, a GRPO group: each group's valid samples run the shared-prefix path
         (:meth:`RewardModel.rewards_of_group`) as one unit instead of joining the dynamic batch.
         """
         rm = self.rm
         assert rm is not None
-        parsed = [Sample.model_validate(s) for s in samples]
+        names = fields or [f"items[{i}]" for i in range(len(samples))]
 
-        def encode_all() -> list[Encoded]:
-            out = []
-            for i, s in enumerate(parsed):
+        def encode_all() -> list[Encoded | MmrmError]:
+            out: list[Encoded | MmrmError] = []
+            for i, raw in enumerate(samples):
+                if "error" in raw:  # refused at the ingress (a compat route could not convert it)
+                    out.append(from_wire(raw["error"]))
+                    continue
                 try:
-                    out.append(rm.encode(s))
-                except InvalidInput as e:
-                    raise e.with_field_prefix(fields[i] if fields else f"items[{i}]")
+                    out.append(rm.encode(Sample.model_validate(raw)))
+                except MmrmError as e:
+                    out.append(e.with_field_prefix(names[i]))
+                except Exception as e:  # noqa: BLE001 - never let one item's surprise fail the batch
+                    log.exception("request %s: encoding %s failed", request_id, names[i])
+                    out.append(BackendError(f"encoding failed: {type(e).__name__}", field=names[i]))
             return out
 
-        try:
-            encoded = await asyncio.to_thread(encode_all)
-        except InvalidInput as e:
-            return to_wire(e)
+        encoded = await asyncio.to_thread(encode_all)
+        good = [k for k, e in enumerate(encoded) if isinstance(e, Encoded)]
+        ok = set(good)
+        outs: dict[int, tuple[Any, int, int]] = {}
         if groups is not None:
-            outs = []
             k = 0
             for n in groups:
-                part = encoded[k:k + n]
+                part = [i for i in range(k, k + n) if i in ok]
                 k += n
-                outs += [(r, len(part), self._pending) for r in await self._run(rm.rewards_of_group, part)]
+                if part:
+                    values = await self._run(rm.rewards_of_group, [encoded[i] for i in part])  # type: ignore[misc]
+                    outs.update({i: (v, len(part), self._pending) for i, v in zip(part, values)})
         else:
-            outs = await asyncio.gather(*(self._one(e) for e in encoded))
+            done = await asyncio.gather(*(self._one(encoded[i]) for i in good))  # type: ignore[arg-type]
+            outs.update(zip(good, done))
         prov = rm.provenance
         results = []
-        for value, _, _ in outs:
+        for i, enc in enumerate(encoded):
+            value = outs[i][0] if i in outs else enc
             if isinstance(value, float):
                 results.append(ScoreResult(value=value, provenance=prov).model_dump(mode="json"))
-            else:
-                log.warning("request %s: item failed at run time: %s", request_id, value)
-                results.append(ScoreResult.failed(value if isinstance(value, MmrmError) else
-                                                  BackendError(f"scoring failed: {value}"), prov).model_dump(mode="json"))
+                continue
+            if not isinstance(value, MmrmError):
+                log.warning("request %s: %s failed at run time: %s", request_id, names[i], value)
+                value = BackendError(f"scoring failed: {value}", field=names[i])
+            results.append(ScoreResult.failed(value, prov).model_dump(mode="json"))
         return {
             "results": results,
-            "batch_sizes": sorted({b for _, b, _ in outs}),
-            "queue_depth": max((d for _, _, d in outs), default=0),
+            "batch_sizes": sorted({b for _, b, _ in outs.values()}),
+            "queue_depth": max((d for _, _, d in outs.values()), default=0),
         }
