@@ -39,7 +39,7 @@ def timeit(fn: Callable[[], Any], reps: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     from mmrm.rm.reward_model import RewardModel
-    from mmrm.rm.types import Sample
+    from mmrm.rm.types import Group, Sample
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mmrm-speed")
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     for g in ([2, 8] if q else [1, 2, 4, 8, 16]):
         p, rs = C.group_inputs(tok, group_size=g, image_side=448, prompt_tokens=40, response_tokens=150)
         # each GRPO step brings a new image: no arm may reuse features from an earlier repetition
-        ind = timeit(lambda: (vl.vision_cache.clear(), vl.score([Sample(prompt=p, response=r) for r in rs])), args.reps)
-        grp = timeit(lambda: (vl.vision_cache.clear(), vl.score_group(p, rs)), args.reps)
+        ind = timeit(lambda: (vl.vision_cache.clear(), vl.rewards([Sample(prompt=p, response=r) for r in rs])), args.reps)
+        grp = timeit(lambda: (vl.vision_cache.clear(), vl.rank([Group(prompt=p, responses=rs)])), args.reps)
         pts.append({"group_size": g, "independent_s": round(ind, 3), "group_path_s": round(grp, 3),
                     "speedup": round(ind / grp, 3)})
         C.log(f"group {g}: {pts[-1]}")

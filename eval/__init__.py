@@ -1,8 +1,9 @@
 """mmrm.eval: offline preference-accuracy evaluation of reward models and judges.
 
 Loaders read published benchmark formats into :class:`EvalItem` (a :class:`~mmrm.rm.types.Pair`
-plus the human label and categories); the runner scores them with any :class:`Scorer` (a reward
-model in-process, a judge, or the HTTP service), in-process or on Ray Data, appending results to a
+plus the human label and categories); the runner scores them with any :class:`~mmrm.rm.scorer.Scorer`
+(a reward model in-process, a judge, a panel, or a served model or judge through
+:class:`~mmrm.rm.client.RemoteScorer`), in-process or on Ray Data, appending results to a
 kill-safe :class:`ResultStore` so an interrupted run resumes where it stopped; :func:`build_report` /
 :func:`write_report` compute the metrics (definitions in :mod:`mmrm.eval.metrics`) and the official
 numbers of each benchmark, and write markdown + HTML with plots.
@@ -19,34 +20,25 @@ from mmrm.eval.items import EvalItem
 from mmrm.eval.loaders import LOADERS, MediaOptions, MissingMedia, load_benchmark
 from mmrm.eval.report import build_report, write_report
 from mmrm.eval.runner import RunStats, run_eval, run_eval_ray
-from mmrm.eval.scorers import (
-    JudgeScorer,
-    JudgeSpec,
-    RewardModelScorer,
-    RewardModelSpec,
-    Scorer,
-    ServiceScorer,
-    ServiceSpec,
-)
+from mmrm.eval.scorers import JudgeSpec, RewardModelSpec, Scorer, ServiceSpec, describe_scorer, scorer_key
 from mmrm.eval.store import ResultStore
 
 __all__ = [
     "LOADERS",
     "EvalItem",
-    "JudgeScorer",
     "JudgeSpec",
     "MediaOptions",
     "MissingMedia",
     "ResultStore",
-    "RewardModelScorer",
     "RewardModelSpec",
     "RunStats",
     "Scorer",
-    "ServiceScorer",
     "ServiceSpec",
     "build_report",
+    "describe_scorer",
     "load_benchmark",
     "run_eval",
     "run_eval_ray",
+    "scorer_key",
     "write_report",
 ]

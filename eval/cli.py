@@ -115,7 +115,7 @@ def run(
     from mmrm.eval.loaders import MediaOptions, load_benchmark
     from mmrm.eval.report import build_report, write_report
     from mmrm.eval.runner import run_eval, run_eval_ray
-    from mmrm.eval.scorers import JudgeSpec, RewardModelSpec, ServiceSpec
+    from mmrm.eval.scorers import JudgeSpec, RewardModelSpec, ServiceSpec, describe_scorer, scorer_key
     from mmrm.eval.store import ResultStore
     from mmrm.rm.errors import MmrmError
     from mmrm.rm.media import MediaPolicy
@@ -176,13 +176,15 @@ def run(
                                      num_gpus_per_actor=gpus_per_actor, progress=on_progress)
                 scorer_info = {"name": getattr(spec, "model", None) or str(getattr(spec, "checkpoint", "")), "key": stats.scorer_key}
             elif _nothing_to_do(spec, items, store, variants):
-                stats = run_eval(items, _StoredOnly(spec), store, variants=variants, progress=on_progress)  # no model load
+                stats = run_eval(items, _StoredOnly(spec), store, key=spec.key(), variants=variants,
+                                 progress=on_progress)  # no model load
                 scorer_info = spec.describe()
             else:
                 scorer = spec.build()
-                stats = run_eval(items, scorer, store, variants=variants, batch_size=batch_size,
+                key = scorer_key(scorer)
+                stats = run_eval(items, scorer, store, key=key, variants=variants, batch_size=batch_size,
                                  media_policy=MediaPolicy(allowed_roots=[root]), progress=on_progress)
-                scorer_info = scorer.describe()
+                scorer_info = describe_scorer(scorer, key)
         except MmrmError as e:
             _fail(e)
     console.print(f"scored {stats.scored} new (pair, variant) results, {stats.already_done} already stored; "
@@ -201,21 +203,22 @@ def run(
 
 
 class _StoredOnly:
-    """A scorer that is never called: every result is already stored under its key."""
-
-    kind = "reward_model"
+    """A scorer that is never called: every result is already stored under its spec's key."""
 
     def __init__(self, spec: Any) -> None:
-        self._describe = spec.describe()
-        self.key = self._describe["key"]
-        self.name = self._describe["name"]
+        from mmrm.rm.types import Provenance
+
+        import mmrm
+
+        d = spec.describe()
+        self.provenance = Provenance(scorer=d["name"], kind=d["kind"], fingerprint=d["fingerprint"],
+                                     mmrm_version=mmrm.__version__, engine=d["engine"], dtype=d["dtype"])
         self.forward_calls = 0
 
-    def compare(self, pairs: Any) -> Any:
+    def score(self, samples: Any, *, references: Any = None) -> Any:
         raise AssertionError("nothing should be left to score")
 
-    def describe(self) -> dict[str, Any]:
-        return self._describe
+    compare = rank = score
 
 
 def _nothing_to_do(spec: Any, items: Any, store: Any, variants: Any) -> bool:

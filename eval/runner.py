@@ -5,9 +5,11 @@ this scorer key, in batches, appending each batch to the :class:`~mmrm.eval.stor
 finishes (one write + fsync). Killed at any moment and started again, it recomputes only what was
 not on disk: the pairs of the batch in flight, nothing else.
 
-A stored record counts as done when its key matches and it was scored in the same presentation
-order (``chosen``); results that failed for a transient reason (``backend_error``, ``overloaded``,
-``budget_exhausted``, ``media_fetch_failed``) are retried by the next run.
+The scorer is any :class:`~mmrm.rm.scorer.Scorer` (a reward model, a judge, a panel, a served model
+or judge through :class:`~mmrm.rm.client.RemoteScorer`): a pair it cannot score is recorded invalid
+with its reason and the run goes on, wherever the scorer runs. A stored record counts as done when
+its key matches and it was scored in the same presentation order (``chosen``); results that failed
+for a transient reason (:data:`TRANSIENT_ERRORS`) are retried by the next run.
 """
 
 from __future__ import annotations
@@ -23,21 +25,24 @@ from typing import Any
 
 from mmrm.eval.items import EvalItem
 from mmrm.eval.metrics import verdict_of
-from mmrm.eval.scorers import Scorer, ScorerSpec, spec_from_dict
+from mmrm.eval.scorers import ScorerSpec, scorer_key, spec_from_dict
 from mmrm.eval.store import RecordKey, ResultStore
 from mmrm.eval.variants import VARIANTS, Blanker
-from mmrm.rm.errors import MmrmError
+from mmrm.rm.errors import ErrorKind, MmrmError
 from mmrm.rm.media import MediaLoader, MediaPolicy
-from mmrm.rm.types import Message, Provenance, ScoreResult
+from mmrm.rm.scorer import Scorer
+from mmrm.rm.types import Message, ScoreResult
 
-import mmrm
-
-__all__ = ["RunStats", "make_record", "plan", "run_eval", "run_eval_ray"]
+__all__ = ["TRANSIENT_ERRORS", "RunStats", "make_record", "plan", "run_eval", "run_eval_ray"]
 
 log = logging.getLogger(__name__)
 
-#: error kinds that a later run retries instead of keeping as the pair's result.
-TRANSIENT_ERRORS = frozenset({"backend_error", "overloaded", "budget_exhausted", "media_fetch_failed", "scorer_exception"})
+#: error kinds that a later run retries instead of keeping as the pair's result: conditions of the
+#: scorer or the network at the time, not properties of the pair.
+TRANSIENT_ERRORS: frozenset[ErrorKind] = frozenset({
+    "backend_error", "overloaded", "budget_exhausted", "media_fetch_failed", "scorer_exception", "timeout",
+    "rate_limited", "replica_unavailable", "service_error", "transport_error",
+})
 
 #: progress(done, total) after each stored batch
 Progress = Callable[[int, int], None]
@@ -118,6 +123,12 @@ def make_record(item: EvalItem, variant: str, scorer_key: str, scorer_name: str,
     })
 
 
+def _forward_calls(scorer: Scorer) -> int | None:
+    # A statistic only in-process reward models keep (backbone passes); other scorers report None.
+    n = getattr(scorer, "forward_calls", None)
+    return n if isinstance(n, int) else None
+
+
 def _score_chunk(scorer: Scorer, pairs: list[Any]) -> list[ScoreResult]:
     """``scorer.compare(pairs)``, isolating a pair whose scoring raises.
 
@@ -133,14 +144,13 @@ def _score_chunk(scorer: Scorer, pairs: list[Any]) -> list[ScoreResult]:
     except (ServiceError, TransportError):
         raise
     except Exception as e:  # noqa: BLE001 - isolated per pair below, and recorded with its message
+        prov = scorer.provenance
         if len(pairs) == 1:
-            log.warning("scorer %s raised on one pair: %r", scorer.name, e)
-            prov = Provenance(scorer=scorer.name, kind=scorer.kind, fingerprint=scorer.key,
-                              mmrm_version=mmrm.__version__, engine="unknown")
+            log.warning("scorer %s raised on one pair: %r", prov.scorer, e)
             err = MmrmError(f"the scorer raised {type(e).__name__}: {e}")
             err.kind = "scorer_exception"
             return [ScoreResult.failed(err, prov)]
-        log.warning("scorer %s raised on a batch of %d pairs (%r); scoring them one by one", scorer.name, len(pairs), e)
+        log.warning("scorer %s raised on a batch of %d pairs (%r); scoring them one by one", prov.scorer, len(pairs), e)
         return [r for p in pairs for r in _score_chunk(scorer, [p])]
     if len(res) != len(pairs):
         raise RuntimeError(f"scorer returned {len(res)} results for {len(pairs)} pairs")
@@ -186,7 +196,8 @@ def _media_loader(scorer: Scorer, policy: MediaPolicy | None) -> MediaLoader:
     reward model's own (same allowed roots as its scoring), else the default (no local files)."""
     if policy is not None:
         return MediaLoader(policy)
-    own = getattr(getattr(getattr(scorer, "rm", None), "encoder", None), "media", None)
+    # Only a default: the scorer is scored the same whether or not it has an encoder.
+    own = getattr(getattr(scorer, "encoder", None), "media", None)
     return own if isinstance(own, MediaLoader) else MediaLoader()
 
 
@@ -195,13 +206,16 @@ def run_eval(
     scorer: Scorer,
     results: ResultStore | str | Path,
     *,
+    key: str | None = None,
     variants: Sequence[str] = ("original",),
     batch_size: int = 16,
     media_policy: MediaPolicy | None = None,
     progress: Progress | None = None,
 ) -> RunStats:
-    """Score what ``results`` lacks for ``scorer``, in-process; returns what this run did.
+    """Score what ``results`` lacks for ``scorer`` (any :class:`~mmrm.rm.scorer.Scorer`), in this
+    process; returns what this run did.
 
+    ``key`` stores the results under that key instead of :func:`~mmrm.eval.scorers.scorer_key`'s.
     ``media_policy`` lets the blank variant read image sizes (default: an in-process reward model's
     own media policy; give it for other scorers).
     """
@@ -209,13 +223,15 @@ def run_eval(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     store = results if isinstance(results, ResultStore) else ResultStore(results)
     bench = _check_items(items)
+    key = key or scorer_key(scorer)
+    prov = scorer.provenance
     t0 = time.monotonic()
     blanker = Blanker(_media_loader(scorer, media_policy)) if "blank" in variants else None
-    fc0 = scorer.forward_calls
+    fc0 = _forward_calls(scorer)
     with store.writer() as w:
         stored, st = store.load()
-        todo, done = plan(items, scorer.key, stored, variants)
-        stats = RunStats(benchmark=bench, scorer_key=scorer.key, variants=list(variants), total=len(todo) + done,
+        todo, done = plan(items, key, stored, variants)
+        stats = RunStats(benchmark=bench, scorer_key=key, variants=list(variants), total=len(todo) + done,
                          already_done=done, repaired_bytes=w.repaired_bytes, corrupt_lines=st.corrupt,
                          placeholder_items=sum(it.uses_placeholders for it in items))
         if progress:
@@ -224,14 +240,14 @@ def run_eval(
             chunk = todo[start:start + batch_size]
             pairs = [it.pair if v == "original" else blanker(it.pair) for it, v in chunk]  # type: ignore[misc]
             res = _score_chunk(scorer, pairs)
-            recs = [make_record(it, v, scorer.key, scorer.name, scorer.kind, r) for (it, v), r in zip(chunk, res)]
+            recs = [make_record(it, v, key, prov.scorer, prov.kind, r) for (it, v), r in zip(chunk, res)]
             w.append(recs)
             stats.scored += len(recs)
             stats.invalid += sum(r["invalid"] is not None for r in recs)
             stats.batches += 1
             if progress:
                 progress(done + stats.scored, stats.total)
-    fc1 = scorer.forward_calls
+    fc1 = _forward_calls(scorer)
     stats.forward_calls = None if fc0 is None or fc1 is None else fc1 - fc0
     stats.seconds = time.monotonic() - t0
     return stats
@@ -244,11 +260,12 @@ def run_eval(
 class _RayScoreBatch:
     """A Ray Data actor: builds its scorer once (one model per actor / GPU), scores batches."""
 
-    def __init__(self, spec: dict[str, Any], scorer_key: str) -> None:
+    def __init__(self, spec: dict[str, Any], key: str) -> None:
         s = spec_from_dict(spec)
         self.scorer = s.build()
-        if self.scorer.key != scorer_key:
-            raise RuntimeError(f"the actor's scorer key {self.scorer.key} differs from the driver's {scorer_key}: "
+        self.key, self.prov = scorer_key(self.scorer), self.scorer.provenance
+        if self.key != key:
+            raise RuntimeError(f"the actor's scorer key {self.key} differs from the driver's {key}: "
                                "the checkpoint or service changed during the run")
         roots = getattr(s, "media_roots", [])
         self.blanker = Blanker(MediaLoader(MediaPolicy(allowed_roots=[Path(r).resolve() for r in roots])))
@@ -259,10 +276,10 @@ class _RayScoreBatch:
         items = [EvalItem.model_validate_json(s) for s in batch["item"]]
         variants = [str(v) for v in batch["variant"]]
         pairs = [it.pair if v == "original" else self.blanker(it.pair) for it, v in zip(items, variants)]
-        fc0 = self.scorer.forward_calls
+        fc0 = _forward_calls(self.scorer)
         res = _score_chunk(self.scorer, pairs)
-        fc1 = self.scorer.forward_calls
-        recs = [make_record(it, v, self.scorer.key, self.scorer.name, self.scorer.kind, r)
+        fc1 = _forward_calls(self.scorer)
+        recs = [make_record(it, v, self.key, self.prov.scorer, self.prov.kind, r)
                 for it, v, r in zip(items, variants, res)]
         calls = [0] * len(recs)
         if recs and fc0 is not None and fc1 is not None:
@@ -295,7 +312,7 @@ def run_eval_ray(
         raise RuntimeError("call ray.init(...) (or connect to a cluster) before run_eval_ray")
     store = results if isinstance(results, ResultStore) else ResultStore(results)
     bench = _check_items(items)
-    key = spec.key() or spec.build().key
+    key = spec.key() or scorer_key(spec.build())
     t0 = time.monotonic()
     with store.writer() as w:
         stored, st = store.load()
@@ -310,7 +327,7 @@ def run_eval_ray(
             ds = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
             ds = ds.map_batches(
                 _RayScoreBatch,
-                fn_constructor_kwargs={"spec": spec.model_dump(mode="json"), "scorer_key": key},
+                fn_constructor_kwargs={"spec": spec.model_dump(mode="json"), "key": key},
                 batch_size=batch_size,
                 batch_format="numpy",
                 compute=ray.data.ActorPoolStrategy(size=num_actors),

@@ -35,6 +35,8 @@ from mmrm.judges.backends.base import GenRequest, JudgeBackend, LabelRequest
 from mmrm.judges.parsing import ANSWER_OPEN, AnswerError, AnswerSchema, parse_slot
 from mmrm.judges.rubrics import Rubric, checklist_score, combine, load_rubric, scale_normalized
 from mmrm.judges.scoring import PAIR_LABELS, debias_pair, expected_value, one_hot, renormalize
+from mmrm.rm.errors import ERROR_KINDS, ErrorKind
+from mmrm.rm.scorer import GroupResult, rank_pointwise
 from mmrm.rm.types import Group, Message, Pair, Provenance, ResponseLike, Sample, ScoreResult, as_response
 
 Method = Literal["auto", "logprobs", "json", "text"]
@@ -85,6 +87,10 @@ def _ref(value: ResponseLike | None) -> Message | None:
 
 class Judge:
     """A generative judge: pointwise (scale), checklist, pairwise (both orders), reference-guided.
+
+    A :class:`~mmrm.rm.scorer.Scorer`: :meth:`score` (samples), :meth:`compare` (pairs, both orders,
+    debiased) and :meth:`rank` (groups: a pointwise score per response, normalized per group), one
+    result per item in order; a failed item is its own invalid result.
 
     Example:
         >>> judge = Judge("helpfulness", HFJudgeBackend(path))          # doctest: +SKIP
@@ -161,16 +167,12 @@ class Judge:
             by_item.setdefault(u.item, []).append(u)
         return [early[i] if i in early else self._finish_sample(by_item.get(i, [])) for i in range(len(samples))]
 
-    def score_groups(self, groups: Sequence[Group], *, references: Sequence[ResponseLike | None] | None = None) -> list[list[ScoreResult]]:
-        """Score every response of every group in one batched call (GRPO)."""
-        flat = [s for g in groups for s in g.samples()]
-        refs = None if references is None else [r for g, r in zip(groups, references) for _ in g.responses]
-        res = self.score(flat, references=refs)
-        out, k = [], 0
-        for g in groups:
-            out.append(res[k : k + len(g.responses)])
-            k += len(g.responses)
-        return out
+    def rank(self, groups: Sequence[Group], *, references: Sequence[ResponseLike | None] | None = None,
+             eps: float = 1e-6) -> list[GroupResult]:
+        """A pointwise score per response of every group (one batched call), normalized per group
+        like reward groups (:class:`~mmrm.rm.scorer.GroupResult`); ``references``: one per group.
+        An invalid response is left out of its group's normalization."""
+        return rank_pointwise(self.score, groups, references=references, eps=eps)
 
     def compare(self, pairs: Sequence[Pair], *, references: Sequence[ResponseLike | None] | None = None) -> list[ScoreResult]:
         """Pairwise, both orders: value = debiased P(A>B) (see :mod:`mmrm.judges.scoring`)."""
@@ -305,7 +307,10 @@ class Judge:
 
     # ----------------------------------------------------------------------------------------------
     def _invalid(self, kind: str, reason: str, details: dict[str, Any] | None = None) -> ScoreResult:
-        return ScoreResult(value=None, invalid=reason, error_kind=kind, details=details or {"method": self.method}, provenance=self.provenance)
+        # A backend's own kind outside the shared vocabulary (a remote server's "http_502") is a service error.
+        known: ErrorKind = kind if kind in ERROR_KINDS else "service_error"  # type: ignore[assignment]
+        return ScoreResult(value=None, invalid=reason, error_kind=known, details=details or {"method": self.method},
+                           provenance=self.provenance)
 
     def _unit_errors(self, units: list[_Unit]) -> ScoreResult | None:
         bad = [u for u in units if u.error_kind is not None]

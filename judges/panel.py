@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from mmrm.judges.judge import Judge
-from mmrm.rm.types import Pair, Provenance, ResponseLike, Sample, ScoreResult
+from mmrm.rm.scorer import GroupResult, rank_pointwise
+from mmrm.rm.types import Group, Pair, Provenance, ResponseLike, Sample, ScoreResult
 
 
 def fleiss_kappa(ratings: Sequence[Sequence[str]], categories: Sequence[str] = ("A", "B", "tie")) -> float | None:
@@ -59,7 +60,7 @@ def _verdict_agreement(verdicts: list[str]) -> float | None:
 
 
 class Panel:
-    """Several judges, aggregated.
+    """Several judges, aggregated; a :class:`~mmrm.rm.scorer.Scorer` like each of them.
 
     Args:
         judges: the members (any backends; each batches its own queries).
@@ -99,8 +100,10 @@ class Panel:
             ]
             valid = [r for r in res if r.ok]
             if len(valid) < self.min_valid:
+                # The kind is the first failed member's (what went wrong); the reason says how many failed.
+                kind = next(r.error_kind for r in res if not r.ok) or "invalid_output"
                 out.append(ScoreResult(value=None, invalid=f"{len(valid)} of {len(res)} judges produced a value (min_valid={self.min_valid})",
-                                       error_kind="panel_too_few_valid", details={"members": members}, provenance=self.provenance))
+                                       error_kind=kind, details={"members": members}, provenance=self.provenance))
                 continue
             vals = [float(r.value) for r in valid]  # type: ignore[arg-type]
             value = statistics.fmean(vals) if self.aggregate == "mean" else statistics.median(vals)
@@ -121,6 +124,12 @@ class Panel:
     def compare(self, pairs: Sequence[Pair], *, references: Sequence[ResponseLike | None] | None = None) -> list[ScoreResult]:
         """Aggregated P(A>B) with per-item verdict agreement."""
         return self._combine([j.compare(pairs, references=references) for j in self.judges], pairwise=True)
+
+    def rank(self, groups: Sequence[Group], *, references: Sequence[ResponseLike | None] | None = None,
+             eps: float = 1e-6) -> list[GroupResult]:
+        """Aggregated pointwise scores per response, normalized per group like reward groups
+        (``references``: one per group); an invalid response is left out of the normalization."""
+        return rank_pointwise(self.score, groups, references=references, eps=eps)
 
     def compare_with_agreement(self, pairs: Sequence[Pair], *, references: Sequence[ResponseLike | None] | None = None
                                ) -> tuple[list[ScoreResult], float | None]:

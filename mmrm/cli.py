@@ -94,7 +94,7 @@ def score(
                                          media_policy=MediaPolicy(allowed_roots=[p.resolve() for p in media_root]))
     except (MmrmError, ValueError, KeyError) as e:
         _fail(e)
-    for r in rm.score_results(samples):
+    for r in rm.score(samples):
         typer.echo(r.model_dump_json())
 
 

@@ -3,7 +3,13 @@
 An RL loop or an eval script talks to a remote mmrm service through :class:`Client` (sync) or
 :class:`AsyncClient` (asyncio). Both take the same arguments, have the same methods and return the
 same types: the inputs are :class:`~mmrm.rm.types.Sample` / ``Pair`` / ``Group`` objects (or dicts of
-the same shape), the results are :class:`~mmrm.rm.types.ScoreResult` records, one per item, in order.
+the same shape), the results are :class:`~mmrm.rm.protocol.ItemResult` records (a
+:class:`~mmrm.rm.types.ScoreResult` plus its index), one per item, in order, and
+:class:`~mmrm.rm.scorer.GroupResult` records for groups. Request bodies are built from the wire
+protocol's own models (:mod:`mmrm.rm.protocol`), so the client sends exactly what the server accepts.
+An item the service cannot score (bad media, too long, ...) comes back as that item's invalid result
+(``on_item_error="return"``, the default); ``on_item_error="fail"`` asks for a 422 naming it instead.
+:class:`RemoteScorer` makes a served model or judge a :class:`~mmrm.rm.scorer.Scorer`.
 
 >>> from mmrm.rm.client import Client
 >>> with Client(base_url="http://127.0.0.1:8000", token="secret") as client:  # doctest: +SKIP
@@ -26,36 +32,42 @@ Reliability rules (one place, both clients):
 * **Auth**: ``token=`` or the ``MMRM_API_TOKEN`` environment variable, sent as
   ``Authorization: Bearer <token>``; ``token=None`` sends none.
 
-Responses are read leniently (unknown fields in a result record are dropped), so an older client
-keeps working against a newer service.
+Responses are read leniently (unknown fields in a result record are dropped; an error kind outside
+:data:`~mmrm.rm.errors.ErrorKind` reads as ``service_error``), so an older client keeps working
+against a newer service.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
+import json
 import logging
 import math
 import os
 import random
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timezone
-from typing import Any, TypeVar, Union
+from typing import Any, Literal, TypeVar, Union
 
 import httpx
 import tenacity
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mmrm.rm.errors import InvalidInput, MmrmError
-from mmrm.rm.types import Group, Pair, Provenance, Sample, ScoreResult
+from mmrm.rm.errors import ERROR_KINDS, InvalidInput, MmrmError
+from mmrm.rm.protocol import CompareRequest, ItemResult, JudgeRequest, OnItemError, RankRequest, ScoreRequest
+from mmrm.rm.scorer import GroupResult, Groups, Pairs, References, Samples, rank_pointwise
+from mmrm.rm.types import Group, Pair, Provenance, Sample, as_response
 
 __all__ = [
     "AsyncClient",
     "Client",
-    "RankResult",
+    "RemoteScorer",
     "ServiceError",
     "TransportError",
     "parse_retry_after",
@@ -160,19 +172,6 @@ class BadResponse(ServiceError):
 
 
 # --------------------------------------------------------------------------------------------------
-# Result types that exist only on the wire
-
-
-class RankResult(BaseModel):
-    """One group of ``/v1/rank``: a result per response and the group-normalized rewards."""
-
-    model_config = ConfigDict(frozen=True)
-
-    results: list[ScoreResult] = Field(description="One result per response, in the group's order.")
-    normalized: list[float | None] = Field(description="Group-normalized rewards; null where a result is invalid.")
-
-
-# --------------------------------------------------------------------------------------------------
 # Pure helpers (shared by both clients)
 
 
@@ -213,18 +212,33 @@ def _new_request_id() -> str:
     return uuid.uuid4().hex
 
 
-def _dump_items(items: Iterable[Any], model: type[BaseModel], field: str) -> list[dict[str, Any]]:
-    """Validate (locally, so mistakes fail before any traffic) and serialize request items."""
+def _validated(items: Iterable[Any], model: type[BaseModel], field: str) -> list[Any]:
+    """Validate request items locally, so a mistake fails before any traffic, naming ``field[i]``."""
     out = []
     for i, item in enumerate(items):
         try:
-            obj = item if isinstance(item, model) else model.model_validate(item)
+            out.append(item if isinstance(item, model) else model.model_validate(item))
         except ValidationError as e:
             first = e.errors()[0]
             loc = ".".join(str(p) for p in first.get("loc", ()))
             raise InvalidInput(f"{first.get('msg', 'invalid')}", field=f"{field}[{i}]" + (f".{loc}" if loc else "")) from e
-        out.append(obj.model_dump(mode="json", by_alias=True, exclude_none=True))
     return out
+
+
+def _body(request: BaseModel) -> dict[str, Any]:
+    """The JSON body of a protocol request. ``on_item_error`` is left out at its default, so a
+    service older than the field still accepts the request."""
+    exclude = {"on_item_error"} if getattr(request, "on_item_error", None) == "return" else None
+    return request.model_dump(mode="json", by_alias=True, exclude_none=True, exclude=exclude)
+
+
+def _encode_json(body: Any) -> bytes:
+    """UTF-8 JSON; text that UTF-8 cannot carry (a lone surrogate) goes as ``\\uXXXX`` escapes, so
+    the service, not the client's encoder, decides about that item."""
+    try:
+        return json.dumps(body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(body, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 def _known(cls: type[BaseModel], data: Mapping[str, Any]) -> dict[str, Any]:
@@ -235,11 +249,14 @@ def _known(cls: type[BaseModel], data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k in names}
 
 
-def _score_result(data: Mapping[str, Any]) -> ScoreResult:
-    d = _known(ScoreResult, data)
+def _item_result(data: Mapping[str, Any], index: int) -> ItemResult:
+    d = _known(ItemResult, data)
+    d.setdefault("index", index)
     if isinstance(d.get("provenance"), Mapping):
         d["provenance"] = _known(Provenance, d["provenance"])
-    return ScoreResult.model_validate(d)
+    if d.get("error_kind") is not None and d["error_kind"] not in ERROR_KINDS:
+        d["error_kind"] = "service_error"  # a newer service's kind this client does not know
+    return ItemResult.model_validate(d)
 
 
 def _ordered(data: Any, n: int, status: int, request_id: str) -> list[Mapping[str, Any]]:
@@ -253,17 +270,30 @@ def _ordered(data: Any, n: int, status: int, request_id: str) -> list[Mapping[st
     return data
 
 
+def _reindexed(results: list[ItemResult]) -> list[ItemResult]:
+    """Results of several requests joined: each index becomes the item's position in the whole list."""
+    for i, r in enumerate(results):
+        r.index = i
+    return results
+
+
 class _Call:
     """One logical call: method, path, body and the request id reused by all its retries."""
 
-    __slots__ = ("method", "path", "json", "request_id", "retry")
+    __slots__ = ("method", "path", "content", "request_id", "retry")
 
     def __init__(self, method: str, path: str, json: Any = None, *, request_id: str | None = None, retry: bool = True):
         self.method = method
         self.path = path
-        self.json = json
+        self.content = None if json is None else _encode_json(json)  # encoded once, resent as is by retries
         self.request_id = request_id or _new_request_id()
         self.retry = retry
+
+    def headers(self) -> dict[str, str]:
+        h = {"X-Request-Id": self.request_id}
+        if self.content is not None:
+            h["Content-Type"] = "application/json"
+        return h
 
 
 class _RetryPolicy:
@@ -396,57 +426,48 @@ class _BaseClient:
     # ---- request bodies and response parsing (pure)
 
     @staticmethod
-    def _score_body(samples: Iterable[SampleLike], model: str) -> dict[str, Any]:
-        return {"model": model, "items": _dump_items(samples, Sample, "items")}
+    def _score_body(samples: Iterable[SampleLike], model: str, on_item_error: OnItemError) -> dict[str, Any]:
+        return _body(ScoreRequest(model=model, items=_validated(samples, Sample, "items"), on_item_error=on_item_error))
 
     @staticmethod
-    def _compare_body(pairs: Iterable[PairLike], model: str) -> dict[str, Any]:
-        return {"model": model, "pairs": _dump_items(pairs, Pair, "pairs")}
+    def _compare_body(pairs: Iterable[PairLike], model: str, on_item_error: OnItemError) -> dict[str, Any]:
+        return _body(CompareRequest(model=model, pairs=_validated(pairs, Pair, "pairs"), on_item_error=on_item_error))
 
     @staticmethod
-    def _rank_body(groups: Iterable[GroupLike], model: str) -> dict[str, Any]:
-        return {"model": model, "groups": _dump_items(groups, Group, "groups")}
+    def _rank_body(groups: Iterable[GroupLike], model: str, eps: float, on_item_error: OnItemError) -> dict[str, Any]:
+        return _body(RankRequest(model=model, groups=_validated(groups, Group, "groups"), eps=eps,
+                                 on_item_error=on_item_error))
 
     @staticmethod
     def _judge_body(
-        judge: str, mode: str | None, rubric: str | Mapping[str, Any] | None,
-        items: Iterable[SampleLike] | None, pairs: Iterable[PairLike] | None, extra: Mapping[str, Any] | None,
+        judge: str, rubric: str | Mapping[str, Any] | None, items: Iterable[SampleLike] | None,
+        pairs: Iterable[PairLike] | None, references: Sequence[str | None] | None, on_item_error: OnItemError,
     ) -> tuple[dict[str, Any], int]:
         if (items is None) == (pairs is None):
             raise ValueError("judge() needs exactly one of items= and pairs=")
-        body: dict[str, Any] = {"judge": judge}
-        if mode is not None:
-            body["mode"] = mode
-        if rubric is not None:
-            body["rubric"] = rubric if isinstance(rubric, str) else dict(rubric)
-        if items is not None:
-            body["items"] = _dump_items(items, Sample, "items")
-            n = len(body["items"])
-        else:
-            body["pairs"] = _dump_items(pairs or [], Pair, "pairs")
-            n = len(body["pairs"])
-        for k, v in (extra or {}).items():
-            if k in body:
-                raise ValueError(f"extra={{{k!r}: ...}} would overwrite a judge() argument; pass it as that argument")
-            body[k] = v
-        return body, n
+        its = None if items is None else _validated(items, Sample, "items")
+        prs = None if pairs is None else _validated(pairs, Pair, "pairs")
+        req = JudgeRequest(judge=judge, rubric=rubric if rubric is None or isinstance(rubric, str) else dict(rubric),
+                           items=its, pairs=prs, references=None if references is None else list(references),
+                           on_item_error=on_item_error)
+        return _body(req), len(its if its is not None else prs or [])
 
     @staticmethod
-    def _results(payload: Any, n: int, resp: httpx.Response, call: _Call) -> list[ScoreResult]:
+    def _results(payload: Any, n: int, resp: httpx.Response, call: _Call) -> list[ItemResult]:
         data = payload.get("data") if isinstance(payload, Mapping) else None
         try:
-            return [_score_result(d) for d in _ordered(data, n, resp.status_code, call.request_id)]
+            return [_item_result(d, i) for i, d in enumerate(_ordered(data, n, resp.status_code, call.request_id))]
         except ValidationError as e:
             raise BadResponse(resp.status_code, f"malformed result record: {e}", request_id=call.request_id) from e
 
     @staticmethod
-    def _rank_results(payload: Any, n: int, resp: httpx.Response, call: _Call) -> list[RankResult]:
+    def _rank_results(payload: Any, n: int, resp: httpx.Response, call: _Call) -> list[GroupResult]:
         data = payload.get("data") if isinstance(payload, Mapping) else None
         out = []
         try:
             for d in _ordered(data, n, resp.status_code, call.request_id):
-                out.append(RankResult(results=[_score_result(r) for r in d.get("results", [])],
-                                      normalized=d.get("normalized", [])))
+                results = [_item_result(r, j) for j, r in enumerate(d.get("results", []))]
+                out.append(GroupResult(results=results, normalized=d.get("normalized", [])))
         except ValidationError as e:
             raise BadResponse(resp.status_code, f"malformed rank record: {e}", request_id=call.request_id) from e
         return out
@@ -518,7 +539,7 @@ class Client(_BaseClient):
 
     def _send(self, call: _Call) -> httpx.Response:
         def attempt() -> httpx.Response:
-            resp = self._http.request(call.method, call.path, json=call.json, headers={"X-Request-Id": call.request_id})
+            resp = self._http.request(call.method, call.path, content=call.content, headers=call.headers())
             return self._check(resp, call)
 
         try:
@@ -539,26 +560,31 @@ class Client(_BaseClient):
 
     # ---- endpoints
 
-    def score(self, samples: Iterable[SampleLike], *, model: str, request_id: str | None = None) -> list[ScoreResult]:
-        """Pointwise rewards: one :class:`ScoreResult` per sample, in order (``POST /v1/score``).
+    def score(self, samples: Iterable[SampleLike], *, model: str, on_item_error: OnItemError = "return",
+              request_id: str | None = None) -> list[ItemResult]:
+        """Pointwise rewards: one result per sample, in order (``POST /v1/score``).
 
-        A sample that cannot be scored comes back with ``invalid`` set; it does not fail the call.
+        A sample the service cannot score comes back with ``invalid`` set (and ``error_kind``,
+        ``field``, ``limit``); it does not fail the call unless ``on_item_error="fail"`` (then the
+        service answers 422 naming it, raised as :class:`ServiceError`).
         """
-        body = self._score_body(samples, model)
+        body = self._score_body(samples, model, on_item_error)
         call = _Call("POST", "/v1/score", body, request_id=request_id)
         resp = self._send(call)
         return self._results(self._json(resp, call), len(body["items"]), resp, call)
 
-    def compare(self, pairs: Iterable[PairLike], *, model: str, request_id: str | None = None) -> list[ScoreResult]:
-        """P(A > B) per pair, in ``value`` and ``prob_a_wins`` (``POST /v1/compare``)."""
-        body = self._compare_body(pairs, model)
+    def compare(self, pairs: Iterable[PairLike], *, model: str, on_item_error: OnItemError = "return",
+                request_id: str | None = None) -> list[ItemResult]:
+        """P(A > B) per pair, in ``value`` and ``prob_a_wins`` (``POST /v1/compare``); item failures as in :meth:`score`."""
+        body = self._compare_body(pairs, model, on_item_error)
         call = _Call("POST", "/v1/compare", body, request_id=request_id)
         resp = self._send(call)
         return self._results(self._json(resp, call), len(body["pairs"]), resp, call)
 
-    def rank(self, groups: Iterable[GroupLike], *, model: str, request_id: str | None = None) -> list[RankResult]:
-        """Raw and group-normalized rewards per group (``POST /v1/rank``)."""
-        body = self._rank_body(groups, model)
+    def rank(self, groups: Iterable[GroupLike], *, model: str, eps: float = 1e-6, on_item_error: OnItemError = "return",
+             request_id: str | None = None) -> list[GroupResult]:
+        """Raw and group-normalized rewards per group (``POST /v1/rank``); item failures as in :meth:`score`."""
+        body = self._rank_body(groups, model, eps, on_item_error)
         call = _Call("POST", "/v1/rank", body, request_id=request_id)
         resp = self._send(call)
         return self._rank_results(self._json(resp, call), len(body["groups"]), resp, call)
@@ -569,16 +595,17 @@ class Client(_BaseClient):
         *,
         judge: str,
         pairs: Iterable[PairLike] | None = None,
-        mode: str | None = None,
         rubric: str | Mapping[str, Any] | None = None,
-        extra: Mapping[str, Any] | None = None,
+        references: Sequence[str | None] | None = None,
+        on_item_error: OnItemError = "return",
         request_id: str | None = None,
-    ) -> list[ScoreResult]:
+    ) -> list[ItemResult]:
         """Judge samples (``items``) or ``pairs`` with a served judge (``POST /v1/judge``).
 
-        ``rubric`` is a rubric name or an inline rubric; ``extra`` adds further body fields as they are.
+        ``rubric`` is a rubric name or an inline rubric; ``references`` one reference answer per
+        item or pair (None for none); item failures as in :meth:`score`.
         """
-        body, n = self._judge_body(judge, mode, rubric, items, pairs, extra)
+        body, n = self._judge_body(judge, rubric, items, pairs, references, on_item_error)
         call = _Call("POST", "/v1/judge", body, request_id=request_id)
         resp = self._send(call)
         return self._results(self._json(resp, call), n, resp, call)
@@ -591,7 +618,7 @@ class Client(_BaseClient):
         batch_size: int = 64,
         concurrency: int = 4,
         request_id: str | None = None,
-    ) -> list[ScoreResult]:
+    ) -> list[ItemResult]:
         """:meth:`score` over many samples: ``batch_size`` per request, ``concurrency`` requests in
         flight; the results come back in the order of ``samples``.
 
@@ -605,7 +632,7 @@ class Client(_BaseClient):
         with ThreadPoolExecutor(max_workers=min(concurrency, len(batches)), thread_name_prefix="mmrm-client") as pool:
             futures = [pool.submit(self.score, b, model=model, request_id=f"{rid}.{k}") for k, b in enumerate(batches)]
             try:
-                return [r for f in futures for r in f.result()]
+                return _reindexed([r for f in futures for r in f.result()])
             except BaseException:
                 for f in futures:
                     f.cancel()
@@ -681,8 +708,7 @@ class AsyncClient(_BaseClient):
 
     async def _send(self, call: _Call) -> httpx.Response:
         async def attempt() -> httpx.Response:
-            resp = await self._http.request(call.method, call.path, json=call.json,
-                                            headers={"X-Request-Id": call.request_id})
+            resp = await self._http.request(call.method, call.path, content=call.content, headers=call.headers())
             return self._check(resp, call)
 
         try:
@@ -698,23 +724,26 @@ class AsyncClient(_BaseClient):
         call = _Call(method, path, json, request_id=request_id)
         return self._json(await self._send(call), call)
 
-    async def score(self, samples: Iterable[SampleLike], *, model: str, request_id: str | None = None) -> list[ScoreResult]:
+    async def score(self, samples: Iterable[SampleLike], *, model: str, on_item_error: OnItemError = "return",
+                    request_id: str | None = None) -> list[ItemResult]:
         """See :meth:`Client.score`."""
-        body = self._score_body(samples, model)
+        body = self._score_body(samples, model, on_item_error)
         call = _Call("POST", "/v1/score", body, request_id=request_id)
         resp = await self._send(call)
         return self._results(self._json(resp, call), len(body["items"]), resp, call)
 
-    async def compare(self, pairs: Iterable[PairLike], *, model: str, request_id: str | None = None) -> list[ScoreResult]:
+    async def compare(self, pairs: Iterable[PairLike], *, model: str, on_item_error: OnItemError = "return",
+                      request_id: str | None = None) -> list[ItemResult]:
         """See :meth:`Client.compare`."""
-        body = self._compare_body(pairs, model)
+        body = self._compare_body(pairs, model, on_item_error)
         call = _Call("POST", "/v1/compare", body, request_id=request_id)
         resp = await self._send(call)
         return self._results(self._json(resp, call), len(body["pairs"]), resp, call)
 
-    async def rank(self, groups: Iterable[GroupLike], *, model: str, request_id: str | None = None) -> list[RankResult]:
+    async def rank(self, groups: Iterable[GroupLike], *, model: str, eps: float = 1e-6,
+                   on_item_error: OnItemError = "return", request_id: str | None = None) -> list[GroupResult]:
         """See :meth:`Client.rank`."""
-        body = self._rank_body(groups, model)
+        body = self._rank_body(groups, model, eps, on_item_error)
         call = _Call("POST", "/v1/rank", body, request_id=request_id)
         resp = await self._send(call)
         return self._rank_results(self._json(resp, call), len(body["groups"]), resp, call)
@@ -725,13 +754,13 @@ class AsyncClient(_BaseClient):
         *,
         judge: str,
         pairs: Iterable[PairLike] | None = None,
-        mode: str | None = None,
         rubric: str | Mapping[str, Any] | None = None,
-        extra: Mapping[str, Any] | None = None,
+        references: Sequence[str | None] | None = None,
+        on_item_error: OnItemError = "return",
         request_id: str | None = None,
-    ) -> list[ScoreResult]:
+    ) -> list[ItemResult]:
         """See :meth:`Client.judge`."""
-        body, n = self._judge_body(judge, mode, rubric, items, pairs, extra)
+        body, n = self._judge_body(judge, rubric, items, pairs, references, on_item_error)
         call = _Call("POST", "/v1/judge", body, request_id=request_id)
         resp = await self._send(call)
         return self._results(self._json(resp, call), n, resp, call)
@@ -744,13 +773,13 @@ class AsyncClient(_BaseClient):
         batch_size: int = 64,
         concurrency: int = 4,
         request_id: str | None = None,
-    ) -> list[ScoreResult]:
+    ) -> list[ItemResult]:
         """See :meth:`Client.score_many`."""
         batches = self._batches(samples, batch_size, concurrency)
         rid = request_id or _new_request_id()
         sem = asyncio.Semaphore(concurrency)
 
-        async def one(k: int, batch: Sequence[SampleLike]) -> list[ScoreResult]:
+        async def one(k: int, batch: Sequence[SampleLike]) -> list[ItemResult]:
             async with sem:
                 return await self.score(batch, model=model, request_id=f"{rid}.{k}")
 
@@ -762,7 +791,7 @@ class AsyncClient(_BaseClient):
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
-        return [r for batch in done for r in batch]
+        return _reindexed([r for batch in done for r in batch])
 
     async def models(self) -> list[dict[str, Any]]:
         """See :meth:`Client.models`."""
@@ -791,3 +820,143 @@ class AsyncClient(_BaseClient):
     async def metrics(self) -> str:
         """See :meth:`Client.metrics`."""
         return (await self._send(_Call("GET", "/metrics"))).text
+
+
+# --------------------------------------------------------------------------------------------------
+# A served model or judge as a Scorer
+
+
+class RemoteScorer:
+    """A reward model (``model=``) or judge (``judge=``, optionally ``rubric=``) served by mmrm, as a
+    :class:`~mmrm.rm.scorer.Scorer`: the same three operations and the same results as in process.
+
+    Large calls are split into ``batch_size`` items per request, ``concurrency`` requests in flight;
+    results come back in input order. An item the service cannot score is that item's invalid
+    result; a request that fails as a whole (after the client's retries) raises its
+    :class:`ServiceError` or :class:`TransportError`. A reward model reads no references (they are
+    accepted and ignored, as in process); a judge gets them as text.
+
+    ``provenance`` comes from the service's model card (``GET /v1/models``, asked once): its
+    fingerprint, engine and dtype, so a served checkpoint and the same checkpoint in process are
+    told apart only when they differ. A service that does not answer gives a provenance keyed by its
+    URL and name (logged).
+
+    >>> scorer = RemoteScorer(Client(base_url="http://rm:8000"), model="rm-small")  # doctest: +SKIP
+    >>> scorer.score([Sample(prompt="2+2?", response="4")])[0].value                 # doctest: +SKIP
+    1.73
+    """
+
+    def __init__(self, client: Client, *, model: str | None = None, judge: str | None = None,
+                 rubric: str | Mapping[str, Any] | None = None, batch_size: int = 64, concurrency: int = 4) -> None:
+        if (model is None) == (judge is None):
+            raise ValueError("RemoteScorer needs exactly one of model= (a served reward model) and judge= (a served judge)")
+        if rubric is not None and judge is None:
+            raise ValueError("rubric= goes with judge=; a reward model has no rubric")
+        if batch_size < 1 or concurrency < 1:
+            raise ValueError(f"batch_size and concurrency must be >= 1, got {batch_size} and {concurrency}")
+        self.client = client
+        self.model, self.judge, self.rubric = model, judge, rubric
+        self.kind: Literal["reward_model", "judge"] = "reward_model" if model is not None else "judge"
+        self.name: str = model or judge  # type: ignore[assignment]
+        self.batch_size, self.concurrency = batch_size, concurrency
+        self._provenance: Provenance | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def provenance(self) -> Provenance:
+        """Which scorer this is, from the service's model card (asked once)."""
+        with self._lock:
+            if self._provenance is None:
+                self._provenance = self._provenance_of(self._card())
+            return self._provenance
+
+    def _card(self) -> dict[str, Any] | None:
+        try:
+            # One attempt: a card is an identity, not worth a minute of retries against a dead service.
+            resp = self.client._send(_Call("GET", "/v1/models", retry=False))
+            cards = resp.json().get("data", [])
+        except (MmrmError, ValueError, AttributeError) as e:
+            log.warning("GET %s/v1/models failed (%s); %r is identified by its URL and name only",
+                        self.client.base_url, e, self.name)
+            return None
+        card = next((c for c in cards if isinstance(c, Mapping) and c.get("id") == self.name), None)
+        if card is None:
+            log.warning("%s/v1/models does not list %r; it is identified by its URL and name only", self.client.base_url, self.name)
+        return card
+
+    def _provenance_of(self, card: Mapping[str, Any] | None) -> Provenance:
+        import mmrm
+
+        fp = (card or {}).get("fingerprint")
+        if fp is None:
+            fp = "url-" + _digest(self.client.base_url, self.name, self.rubric)
+        elif self.rubric is not None:  # the card's fingerprint is of the judge's default rubric
+            fp = _digest(fp, self.rubric)
+        return Provenance(scorer=self.name, kind=self.kind, fingerprint=str(fp), mmrm_version=mmrm.__version__,
+                          engine=str((card or {}).get("engine") or "service"), dtype=(card or {}).get("dtype"))
+
+    # ---- the Scorer operations
+
+    def score(self, samples: Samples, *, references: References = None) -> list[ItemResult]:
+        """One result per sample, in order (``/v1/score``, or ``/v1/judge`` for a judge)."""
+        if self.model is not None:
+            return self._map(lambda idx: self.client.score([samples[i] for i in idx], model=self.name), len(samples))
+        refs = _ref_texts(references, len(samples))
+        return self._map(lambda idx: self.client.judge([samples[i] for i in idx], judge=self.name, rubric=self.rubric,
+                                                       references=None if refs is None else [refs[i] for i in idx]),
+                         len(samples))
+
+    def compare(self, pairs: Pairs, *, references: References = None) -> list[ItemResult]:
+        """One result per pair, in order; ``value`` = P(A > B) (``/v1/compare``, or ``/v1/judge``)."""
+        if self.model is not None:
+            return self._map(lambda idx: self.client.compare([pairs[i] for i in idx], model=self.name), len(pairs))
+        refs = _ref_texts(references, len(pairs))
+        return self._map(lambda idx: self.client.judge(pairs=[pairs[i] for i in idx], judge=self.name, rubric=self.rubric,
+                                                       references=None if refs is None else [refs[i] for i in idx]),
+                         len(pairs))
+
+    def rank(self, groups: Groups, *, references: References = None, eps: float = 1e-6) -> list[GroupResult]:
+        """One :class:`~mmrm.rm.scorer.GroupResult` per group (``/v1/rank``; a judge scores every
+        response pointwise and the groups are normalized here, the same formula)."""
+        if self.model is None:
+            return rank_pointwise(self.score, groups, references=references, eps=eps)
+        spans = [list(range(a, min(len(groups), a + self.batch_size))) for a in range(0, len(groups), self.batch_size)]
+        parts = self._parallel([lambda idx=idx: self.client.rank([groups[i] for i in idx], model=self.name, eps=eps)
+                                for idx in spans])
+        return [g for p in parts for g in p]
+
+    def _map(self, call: Any, n: int) -> list[ItemResult]:
+        spans = [list(range(a, min(n, a + self.batch_size))) for a in range(0, n, self.batch_size)]
+        return _reindexed([r for part in self._parallel([lambda idx=idx: call(idx) for idx in spans]) for r in part])
+
+    def _parallel(self, calls: list[Any]) -> list[Any]:
+        if len(calls) <= 1:
+            return [c() for c in calls]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(calls)), thread_name_prefix="mmrm-remote") as pool:
+            futures = [pool.submit(c) for c in calls]
+            try:
+                return [f.result() for f in futures]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+
+    def close(self) -> None:
+        """Close the client."""
+        self.client.close()
+
+    def __repr__(self) -> str:
+        return f"RemoteScorer({self.kind} {self.name!r} at {self.client.base_url})"
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _ref_texts(references: References, n: int) -> list[str | None] | None:
+    """References as the wire takes them: text (a message or content parts become their text)."""
+    if references is None:
+        return None
+    if len(references) != n:
+        raise ValueError(f"got {len(references)} references for {n} items; give one per item (None for none)")
+    return [r if r is None or isinstance(r, str) else as_response(r).text for r in references]

@@ -1,14 +1,16 @@
 """The reward callable for RL loops: prompts (with images) + completions -> rewards.
 
-One object, :class:`RewardFn`, scores with any mmrm scorer and gives the same numbers wherever the
-scorer runs:
+One object, :class:`RewardFn`, scores with any :class:`~mmrm.rm.scorer.Scorer` and gives the same
+numbers wherever the scorer runs:
 
 * **in-process**: a :class:`~mmrm.rm.reward_model.RewardModel` (``RewardFn(rm)`` or
-  :meth:`RewardFn.from_checkpoint`), or a judge (``RewardFn(judge)``; ``rubric=`` rebinds it);
-* **remote**: a running mmrm service through :mod:`mmrm.rm.client` (:meth:`RewardFn.remote`),
-  a served reward model (``model=``, ``POST /v1/score``) or a served judge (``judge=`` + ``rubric=``,
-  ``POST /v1/judge``). For the same checkpoint the two paths give the same rewards (tested to 1e-5;
-  fp32 rounding differs with the number of torch threads).
+  :meth:`RewardFn.from_checkpoint`), a judge built with the rubric to score by
+  (``RewardFn(Judge("vqa", backend))``) or a panel;
+* **remote**: a running mmrm service through :class:`~mmrm.rm.client.RemoteScorer`
+  (:meth:`RewardFn.remote`): a served reward model (``model=``, ``POST /v1/score``) or a served judge
+  (``judge=`` + ``rubric=``, ``POST /v1/judge``). The service answers per item, exactly as the
+  scorer does in process, so for the same checkpoint the two paths give the same rewards and the
+  same failures (tested to 1e-5; fp32 rounding differs with the number of torch threads).
 
 Inputs convert INTO :class:`~mmrm.rm.types.Sample` here (:func:`to_sample`), whatever their form:
 
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -51,9 +54,10 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-from mmrm.rm.errors import InvalidInput, MmrmError, UnsupportedInput
+from mmrm.rm.errors import BackendError, InvalidInput, MmrmError, Overloaded, UnsupportedInput
+from mmrm.rm.scorer import Scorer
 from mmrm.rm.shaping import Shaped, Shaping, ShapingLog, apply_shaping
 from mmrm.rm.types import Message, Provenance, Sample, ScoreResult, as_response
 
@@ -354,180 +358,19 @@ class RewardStats:
             self.fallbacks_by_kind[kind] += 1
 
 
-# --------------------------------------------------------------------------------------------------
-# Scorers (in-process and remote), one interface
-
-
-class _Scorer(Protocol):
-    kind: Literal["reward_model", "judge"]
-    name: str
-
-    def score(self, samples: list[Sample], refs: list[Any]) -> list[ScoreResult]: ...
-
-    async def ascore(self, samples: list[Sample], refs: list[Any]) -> list[ScoreResult]: ...
-
-    def close(self) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
 def _provenance(name: str, kind: Literal["reward_model", "judge"], engine: str = "unknown") -> Provenance:
     return Provenance(scorer=name, kind=kind, fingerprint="unknown", mmrm_version=mmrm.__version__, engine=engine)
 
 
-class _Local:
-    """A RewardModel (``score_results``) or a Judge (``score(samples, references=)``) in this process."""
+def _transient(err: MmrmError) -> bool:
+    """A failure of the call that says nothing about its items (the service unreachable, overloaded
+    or failing after the client's retries): the items get no reward this time. Anything else (a
+    request the service refuses as a whole: 401, 404, 422, 413) is a setup error and is raised."""
+    from mmrm.rm.client import ServiceError, TransportError
 
-    def __init__(self, obj: Any) -> None:
-        self.obj = obj
-        self.kind: Literal["reward_model", "judge"] = "reward_model" if hasattr(obj, "score_results") else "judge"
-        self.name = getattr(obj, "name", None) or obj.provenance.scorer
-        self._lock = threading.Lock()  # one forward at a time: torch models are not re-entrant
-
-    def score(self, samples: list[Sample], refs: list[Any]) -> list[ScoreResult]:
-        if not samples:
-            return []
-        with self._lock:
-            if self.kind == "reward_model":
-                return self.obj.score_results(samples)
-            return self.obj.score(samples, references=refs if any(r is not None for r in refs) else None)
-
-    async def ascore(self, samples: list[Sample], refs: list[Any]) -> list[ScoreResult]:
-        return await asyncio.to_thread(self.score, samples, refs)
-
-    def close(self) -> None:
-        pass
-
-    async def aclose(self) -> None:
-        pass
-
-
-_ITEM_FIELD = re.compile(r"^items\[(\d+)\]")
-
-
-class _Remote:
-    """A served reward model or judge, through :class:`~mmrm.rm.client.Client` / ``AsyncClient``.
-
-    Large calls are split into ``batch_size`` requests, ``concurrency`` at a time. A request that
-    the service refuses because of ONE item (422/413 naming ``items[i]``) is resent without that
-    item, which fails alone, as it would in-process. A request that fails after the client's own
-    retries (timeout, 5xx, connection) fails each of its items with that reason.
-    """
-
-    def __init__(self, *, model: str | None, judge: str | None, rubric: str | Mapping[str, Any] | None,
-                 batch_size: int, concurrency: int, client_kwargs: dict[str, Any]) -> None:
-        if (model is None) == (judge is None):
-            raise ValueError("RewardFn.remote() needs exactly one of model= (a served reward model) and judge=")
-        if batch_size < 1 or concurrency < 1:
-            raise ValueError(f"batch_size and concurrency must be >= 1, got {batch_size} and {concurrency}")
-        if rubric is not None and judge is None:
-            raise ValueError("rubric= goes with judge=; a reward model has no rubric")
-        self.kind: Literal["reward_model", "judge"] = "reward_model" if model else "judge"
-        self.name = model or judge  # type: ignore[assignment]
-        self.rubric = rubric
-        self.batch_size, self.concurrency = batch_size, concurrency
-        self.client_kwargs = client_kwargs
-        self._client: Any = None
-        self._aclient: Any = None
-        self._lock = threading.Lock()
-
-    # ---- clients (created on first use; the async one on the loop that uses it)
-    def _sync(self) -> Any:
-        with self._lock:
-            if self._client is None:
-                from mmrm.rm.client import Client
-
-                self._client = Client(**self.client_kwargs)
-            return self._client
-
-    def _async(self) -> Any:
-        if self._aclient is None:
-            from mmrm.rm.client import AsyncClient
-
-            self._aclient = AsyncClient(**self.client_kwargs)
-        return self._aclient
-
-    # ---- one request
-    def _request(self, client: Any, samples: list[Sample], refs: list[Any]) -> Any:
-        if self.kind == "reward_model":
-            return client.score(samples, model=self.name)
-        extra = {"references": [None if r is None else str(r) for r in refs]} if any(r is not None for r in refs) else None
-        return client.judge(samples, judge=self.name, rubric=self.rubric, extra=extra)
-
-    def _failed(self, err: MmrmError) -> ScoreResult:
-        return ScoreResult.failed(err, _provenance(self.name, self.kind, "remote"))
-
-    def _item_of(self, err: Exception, n: int) -> int | None:
-        from mmrm.rm.client import ServiceError
-
-        if isinstance(err, ServiceError) and err.status in (413, 422) and err.field:
-            m = _ITEM_FIELD.match(err.field)
-            if m and int(m.group(1)) < n:
-                return int(m.group(1))
-        return None
-
-    def _chunk(self, samples: list[Sample], refs: list[Any]) -> list[ScoreResult]:
-        out: dict[int, ScoreResult] = {}
-        idx = list(range(len(samples)))
-        while idx:
-            try:
-                got = self._request(self._sync(), [samples[i] for i in idx], [refs[i] for i in idx])
-            except MmrmError as e:
-                j = self._item_of(e, len(idx))
-                if j is None:
-                    return [out.get(i) or self._failed(e) for i in range(len(samples))]
-                out[idx.pop(j)] = self._failed(e)
-                continue
-            out.update(zip(idx, got))
-            break
-        return [out[i] for i in range(len(samples))]
-
-    async def _achunk(self, samples: list[Sample], refs: list[Any]) -> list[ScoreResult]:
-        out: dict[int, ScoreResult] = {}
-        idx = list(range(len(samples)))
-        while idx:
-            try:
-                got = await self._request(self._async(), [samples[i] for i in idx], [refs[i] for i in idx])
-            except MmrmError as e:
-                j = self._item_of(e, len(idx))
-                if j is None:
-                    return [out.get(i) or self._failed(e) for i in range(len(samples))]
-                out[idx.pop(j)] = self._failed(e)
-                continue
-            out.update(zip(idx, got))
-            break
-        return [out[i] for i in range(len(samples))]
-
-    def _spans(self, n: int) -> list[tuple[int, int]]:
-        return [(i, min(n, i + self.batch_size)) for i in range(0, n, self.batch_size)]
-
-    def score(self, samples: list[Sample], refs: list[Any]) -> list[ScoreResult]:
-        spans = self._spans(len(samples))
-        if len(spans) <= 1:
-            return self._chunk(samples, refs) if samples else []
-        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(spans)), thread_name_prefix="mmrm-reward") as ex:
-            parts = list(ex.map(lambda s: self._chunk(samples[s[0]:s[1]], refs[s[0]:s[1]]), spans))
-        return [r for p in parts for r in p]
-
-    async def ascore(self, samples: list[Sample], refs: list[Any]) -> list[ScoreResult]:
-        sem = asyncio.Semaphore(self.concurrency)
-
-        async def one(a: int, b: int) -> list[ScoreResult]:
-            async with sem:
-                return await self._achunk(samples[a:b], refs[a:b])
-
-        parts = await asyncio.gather(*(one(a, b) for a, b in self._spans(len(samples))))
-        return [r for p in parts for r in p]
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
-
-    async def aclose(self) -> None:
-        if self._aclient is not None:
-            await self._aclient.aclose()
-            self._aclient = None
+    if isinstance(err, ServiceError):
+        return err.retryable or err.status >= 500
+    return isinstance(err, (TransportError, BackendError, Overloaded))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -543,46 +386,49 @@ class RewardFn:
     """Rewards for RL: ``fn(prompts, completions, images=..., references=...) -> list[float | None]``.
 
     Args:
-        scorer: a :class:`~mmrm.rm.reward_model.RewardModel` or a :class:`~mmrm.judges.Judge` in this
-            process (for a service, use :meth:`remote`).
-        rubric: with a judge, score with this rubric instead of the judge's own (a rubric name or a
-            :class:`~mmrm.judges.rubrics.Rubric`).
+        scorer: any :class:`~mmrm.rm.scorer.Scorer`: a :class:`~mmrm.rm.reward_model.RewardModel`
+            (either engine), a :class:`~mmrm.judges.Judge` (built with the rubric to score by), a
+            :class:`~mmrm.judges.Panel`, or a :class:`~mmrm.rm.client.RemoteScorer` (see
+            :meth:`remote`). Every sample goes through ``scorer.score``.
         shaping: the shaping steps (:class:`~mmrm.rm.shaping.Shaping`); default: none.
         verifier: ``(response_text, reference) -> bool`` for ``shaping.hybrid`` (default
             :func:`exact_match`).
         name: the name trainers log this reward under.
+        concurrent: False (default): calls take turns on the scorer (an in-process model runs one
+            batch at a time); True: concurrent calls reach the scorer at once (a service batches
+            them itself; :meth:`remote` sets it).
+
+    A call that fails as a whole for a transient reason (the service unreachable or failing after
+    the client's retries) gives every item of it no reward, with that reason; a call the service
+    refuses as a whole (401, 404, 422: a setup error) raises.
 
     Calls: :meth:`__call__` / :meth:`acall` return the rewards; :meth:`score_inputs` /
     :meth:`ascore_inputs` return a :class:`RewardBatch` (raw values, records, reasons, log);
-    :meth:`score` takes :class:`~mmrm.rm.types.Sample` objects directly.
+    :meth:`reward_batch` / :meth:`areward_batch` take :class:`~mmrm.rm.types.Sample` objects directly.
     """
 
     def __init__(
         self,
-        scorer: Any,
+        scorer: Scorer,
         *,
-        rubric: Any = None,
         shaping: Shaping | None = None,
         verifier: Verifier | None = None,
         name: str = "mmrm",
+        concurrent: bool = False,
     ) -> None:
-        if isinstance(scorer, _Remote):
-            self._scorer: _Scorer = scorer
-        elif hasattr(scorer, "score_results"):
-            if rubric is not None:
-                raise ValueError("rubric= applies to a judge; a reward model has no rubric")
-            self._scorer = _Local(scorer)
-        elif hasattr(scorer, "backend") and hasattr(scorer, "rubric") and hasattr(scorer, "score"):
-            if rubric is not None:  # the same judge (backend, settings) with another rubric
-                scorer = type(scorer)(rubric, scorer.backend, scorer.config)
-            self._scorer = _Local(scorer)
-        else:
-            raise TypeError(f"RewardFn needs a RewardModel or a Judge (or RewardFn.remote(...)), not "
-                            f"{type(scorer).__name__}")
+        if not isinstance(scorer, Scorer):
+            raise TypeError(f"RewardFn needs a Scorer (a RewardModel, Judge, Panel or RemoteScorer; see "
+                            f"RewardFn.remote), not {type(scorer).__name__}")
+        self.scorer = scorer
         self.shaping = shaping or Shaping()
         self.verifier = verifier or exact_match
         self.name = name
+        self.concurrent = concurrent
         self.stats = RewardStats()
+        self._turns: Any = contextlib.nullcontext() if concurrent else threading.Lock()
+        # the async calls' threads: one (calls take turns) or enough for a service's batching
+        self._pool = ThreadPoolExecutor(max_workers=64 if concurrent else 1, thread_name_prefix="mmrm-reward")
+        self._closers: list[Callable[[], None]] = []
 
     # ---------------------------------------------------------------------------------- builders
     @classmethod
@@ -611,15 +457,27 @@ class RewardFn:
         **client_kwargs: Any,
     ) -> RewardFn:
         """A reward served by an mmrm service: ``model=`` (``/v1/score``) or ``judge=`` + ``rubric=``
-        (``/v1/judge``). ``client_kwargs`` go to :class:`~mmrm.rm.client.Client` (``token``,
-        ``timeout``, ``max_retries``, ``max_retry_time``, ...). Needs no torch."""
-        remote = _Remote(model=model, judge=judge, rubric=rubric, batch_size=batch_size, concurrency=concurrency,
-                         client_kwargs={"base_url": base_url, **client_kwargs})
-        return cls(remote, shaping=shaping, verifier=verifier, name=name)
+        (``/v1/judge``), through a :class:`~mmrm.rm.client.RemoteScorer` (``batch_size`` items per
+        request, ``concurrency`` requests in flight). ``client_kwargs`` go to
+        :class:`~mmrm.rm.client.Client` (``token``, ``timeout``, ``max_retries``, ``max_retry_time``,
+        ...). Needs no torch. :meth:`close` closes the client."""
+        from mmrm.rm.client import Client, RemoteScorer
+
+        client = Client(base_url=base_url, **client_kwargs)
+        try:
+            scorer = RemoteScorer(client, model=model, judge=judge, rubric=rubric, batch_size=batch_size,
+                                  concurrency=concurrency)
+        except ValueError:
+            client.close()
+            raise
+        fn = cls(scorer, shaping=shaping, verifier=verifier, name=name, concurrent=True)
+        fn._closers.append(client.close)
+        return fn
 
     @property
     def kind(self) -> Literal["reward_model", "judge"]:
-        return self._scorer.kind
+        """The scorer's kind: ``reward_model`` or ``judge``."""
+        return self.scorer.provenance.kind
 
     # ---------------------------------------------------------------------------------- calls
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], *, images: Sequence[Any] | None = None,
@@ -637,32 +495,54 @@ class RewardFn:
         """Like :meth:`__call__`, returning the whole :class:`RewardBatch`."""
         samples, refs, early = self._convert(prompts, completions, images, references)
         ok = [i for i, s in enumerate(samples) if s is not None]
-        scored = self._scorer.score([samples[i] for i in ok], [refs[i] for i in ok])
+        scored = self._score([samples[i] for i in ok], [refs[i] for i in ok])  # type: ignore[misc]
         return self._finish(samples, refs, early, ok, scored, groups)
 
     async def ascore_inputs(self, prompts: Sequence[Any], completions: Sequence[Any], *,
                             images: Sequence[Any] | None = None, references: Sequence[Any] | None = None,
                             groups: Sequence[Hashable] | None = None) -> RewardBatch:
-        """See :meth:`score_inputs`."""
+        """See :meth:`score_inputs`; the scorer runs in a worker thread, so the event loop never blocks."""
         samples, refs, early = self._convert(prompts, completions, images, references)
         ok = [i for i, s in enumerate(samples) if s is not None]
-        scored = await self._scorer.ascore([samples[i] for i in ok], [refs[i] for i in ok])
+        loop = asyncio.get_running_loop()
+        scored = await loop.run_in_executor(self._pool, self._score, [samples[i] for i in ok], [refs[i] for i in ok])
         return self._finish(samples, refs, early, ok, scored, groups)
 
-    def score(self, samples: Sequence[Sample | Mapping[str, Any]], *, references: Sequence[Any] | None = None,
-              groups: Sequence[Hashable] | None = None) -> RewardBatch:
-        """Score :class:`~mmrm.rm.types.Sample` objects (or dicts of that shape)."""
+    def reward_batch(self, samples: Sequence[Sample | Mapping[str, Any]], *, references: Sequence[Any] | None = None,
+                     groups: Sequence[Hashable] | None = None) -> RewardBatch:
+        """The :class:`RewardBatch` of :class:`~mmrm.rm.types.Sample` objects (or dicts of that shape)."""
         ss = [s if isinstance(s, Sample) else Sample.model_validate(s) for s in samples]
         return self.score_inputs([s.prompt for s in ss], [s.response for s in ss], references=references, groups=groups)
 
-    async def ascore(self, samples: Sequence[Sample | Mapping[str, Any]], *, references: Sequence[Any] | None = None,
-                     groups: Sequence[Hashable] | None = None) -> RewardBatch:
-        """See :meth:`score`."""
+    async def areward_batch(self, samples: Sequence[Sample | Mapping[str, Any]], *,
+                            references: Sequence[Any] | None = None, groups: Sequence[Hashable] | None = None) -> RewardBatch:
+        """See :meth:`reward_batch`."""
         ss = [s if isinstance(s, Sample) else Sample.model_validate(s) for s in samples]
         return await self.ascore_inputs([s.prompt for s in ss], [s.response for s in ss], references=references,
                                         groups=groups)
 
     # ---------------------------------------------------------------------------------- internals
+    def _score(self, samples: list[Sample], refs: list[Any]) -> list[ScoreResult]:
+        """``scorer.score`` (taking turns unless concurrent); a transient failure of the whole call
+        fails each of its items with that reason."""
+        if not samples:
+            return []
+        try:
+            with self._turns:
+                return list(self.scorer.score(samples, references=refs if any(r is not None for r in refs) else None))
+        except MmrmError as e:
+            if not _transient(e):
+                raise
+            log.warning("mmrm reward %s: a scoring call of %d items failed: %s", self.name, len(samples), e)
+            prov = self._provenance()
+            return [ScoreResult.failed(e, prov) for _ in samples]
+
+    def _provenance(self) -> Provenance:
+        try:
+            return self.scorer.provenance
+        except Exception:  # noqa: BLE001 - only names the failed results; never hides the failure itself
+            return _provenance(self.name, "reward_model")
+
     def _convert(self, prompts: Sequence[Any], completions: Sequence[Any], images: Sequence[Any] | None,
                  references: Sequence[Any] | None) -> tuple[list[Sample | None], list[Any], dict[int, ScoreResult]]:
         prompts, completions = list(_tolist(prompts)), list(_tolist(completions))
@@ -679,7 +559,7 @@ class RewardFn:
                 samples.append(to_sample(prompts[i], completions[i], imgs[i], field=f"[{i}]"))
             except MmrmError as e:
                 samples.append(None)
-                early[i] = ScoreResult.failed(e, _provenance(self._scorer.name, self.kind))
+                early[i] = ScoreResult.failed(e, self._provenance())
         return samples, refs, early
 
     def _finish(self, samples: list[Sample | None], refs: list[Any], early: dict[int, ScoreResult], ok: list[int],
@@ -703,7 +583,7 @@ class RewardFn:
         return RewardBatch(rewards=shaped.rewards, raw=raw, results=results, log=shaped.log)
 
     def _log(self, results: list[ScoreResult], slog: ShapingLog) -> None:
-        log.info("mmrm reward %s (%s): %s", self.name, self._scorer.name, slog.line())
+        log.info("mmrm reward %s: %s", self.name, slog.line())
         bad = [(i, r) for i, r in enumerate(results) if not r.ok]
         if bad:
             kinds = Counter(r.error_kind or "error" for _, r in bad)
@@ -713,12 +593,15 @@ class RewardFn:
 
     # ---------------------------------------------------------------------------------- lifecycle
     def close(self) -> None:
-        """Close the HTTP connection pool (remote); nothing to do in-process."""
-        self._scorer.close()
+        """Close what this RewardFn opened (the client of :meth:`remote`) and its worker threads."""
+        for close in self._closers:
+            close()
+        self._closers.clear()
+        self._pool.shutdown(wait=False)
 
     async def aclose(self) -> None:
-        """Close the async HTTP connection pool (remote)."""
-        await self._scorer.aclose()
+        """See :meth:`close`."""
+        self.close()
 
     def __enter__(self) -> RewardFn:  # noqa: PYI034 (Python 3.10: no typing.Self)
         return self
@@ -727,5 +610,4 @@ class RewardFn:
         self.close()
 
     def __repr__(self) -> str:
-        where = "remote" if isinstance(self._scorer, _Remote) else "in-process"
-        return f"RewardFn({self.kind} {self._scorer.name!r}, {where}, shaping={self.shaping!r})"
+        return f"RewardFn({self.scorer!r}, shaping={self.shaping!r})"

@@ -1,7 +1,9 @@
 """RewardModel: a transformers backbone plus a reward head, pooled at the last real token.
 
 >>> rm = RewardModel.from_pretrained("runs/digits-rm")           # doctest: +SKIP
->>> rm.score([Sample(prompt="Which digit?", response="The digit is 3.")])  # doctest: +SKIP
+>>> rm.score([Sample(prompt="Which digit?", response="The digit is 3.")])[0].value  # doctest: +SKIP
+0.41...
+>>> rm.rewards([Sample(prompt="Which digit?", response="The digit is 3.")])  # doctest: +SKIP
 [0.41...]
 """
 
@@ -11,7 +13,6 @@ import inspect
 import logging
 import math
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -25,9 +26,9 @@ from mmrm.rm.encode import _SEQUENCE_KEYS, Encoded, Encoder, collate
 from mmrm.rm.errors import ConfigError, InputTooLong, MmrmError
 from mmrm.rm.heads import HeadType, RewardHead, pool_last_token
 from mmrm.rm.media import MediaLoader, MediaPolicy
-from mmrm.rm.normalize import group_normalize
 from mmrm.rm.results import pair_result
-from mmrm.rm.types import Group, Message, Pair, Provenance, Sample, ScoreResult, as_response
+from mmrm.rm.scorer import GroupResult, Groups, Pairs, References, Samples
+from mmrm.rm.types import Message, Provenance, Sample, ScoreResult
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +41,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-@dataclass
-class GroupScores:
-    """Scores of one group (GRPO): raw rewards and group-normalized ones (see ``group_normalize``)."""
-
-    raw: list[float]
-    normalized: list[float]
 
 
 def _load_backbone(path: Path, *, dtype: torch.dtype, sequence_classification: bool) -> tuple[nn.Module, Any, bool]:
@@ -102,6 +95,10 @@ class RewardModel(nn.Module):
 
     Build one with :meth:`from_pretrained` (a checkpoint directory) or :meth:`from_backbone` (a new
     head on a transformers model, for training). Save with :meth:`save_pretrained`.
+
+    Scoring is the :class:`~mmrm.rm.scorer.Scorer` contract: :meth:`score` (samples), :meth:`compare`
+    (pairs) and :meth:`rank` (groups) return results per item; :meth:`rewards` and
+    :meth:`probabilities` are float helpers that raise an item's typed error instead.
     """
 
     def __init__(
@@ -491,63 +488,76 @@ class RewardModel(nn.Module):
     def _forward_padded(self, encoded: Sequence[Encoded]) -> torch.Tensor:
         return self.forward(collate(list(encoded), self.encoder.pad_id))
 
-    def score_results(self, samples: Sequence[Sample]) -> list[ScoreResult]:
-        """One :class:`ScoreResult` per sample; invalid items carry their error, the rest score."""
-        prov = self.provenance
-        encoded: list[Encoded | MmrmError] = []
+    # ------------------------------------------------------------------------------------ scoring
+    # The Scorer operations (mmrm.rm.scorer): one result per item, a failed item is its own
+    # invalid result and the others score in the same forwards.
+
+    def _encode_all(self, samples: Sequence[Sample]) -> list[Encoded | MmrmError]:
+        out: list[Encoded | MmrmError] = []
         for s in samples:
             try:
-                encoded.append(self.encode(s))
+                out.append(self.encode(s))
             except MmrmError as e:
-                encoded.append(e)
+                out.append(e)
+        return out
+
+    def _results(self, encoded: Sequence[Encoded | MmrmError], *, group: bool = False) -> list[ScoreResult]:
+        """Results of encoded samples (errors stay theirs); ``group``: the shared-prefix path."""
+        prov = self.provenance
         ok = [i for i, e in enumerate(encoded) if isinstance(e, Encoded)]
-        rewards = self.rewards_of([encoded[i] for i in ok])  # type: ignore[misc]
-        out: list[ScoreResult | None] = [None] * len(samples)
-        for i, r in zip(ok, rewards):
-            encoded[i] = r  # type: ignore[assignment]
-        for i, v in enumerate(encoded):
-            if isinstance(v, float):
-                out[i] = ScoreResult(value=v, provenance=prov)
-            else:
-                out[i] = ScoreResult.failed(v, prov)
-        return out  # type: ignore[return-value]
+        run = self.rewards_of_group if group else self.rewards_of
+        values: list[Any] = list(encoded)
+        if ok:
+            for i, v in zip(ok, run([encoded[i] for i in ok])):  # type: ignore[misc]
+                values[i] = v
+        return [ScoreResult(value=v, provenance=prov) if isinstance(v, float) else ScoreResult.failed(v, prov)
+                for v in values]
 
-    def score(self, samples: Sequence[Sample]) -> list[float]:
-        """Rewards, one per sample. Raises the first item's error if any item cannot be scored."""
-        return [r.raise_for_invalid() for r in self.score_results(samples)]
+    def score(self, samples: Samples, *, references: References = None) -> list[ScoreResult]:
+        """One reward per sample, as a :class:`ScoreResult`, in order.
 
-    def compare_results(self, pairs: Sequence[Pair]) -> list[ScoreResult]:
-        """P(A > B) = sigmoid(r_A - r_B) per pair; both sides of every pair go through one batched pass."""
-        flat = [s for p in pairs for s in p.samples()]
-        res = self.score_results(flat)
-        return [pair_result(res[2 * k], res[2 * k + 1]) for k in range(len(pairs))]
-
-    def compare(self, pairs: Sequence[Pair]) -> list[float]:
-        """P(A > B) per pair. Raises if a pair cannot be scored."""
-        return [r.raise_for_invalid() for r in self.compare_results(pairs)]
-
-    def score_group(self, prompt: list[Message] | str, responses: Sequence[Any], *, eps: float = 1e-6) -> GroupScores:
-        """Raw and group-normalized rewards of N responses to one prompt (a GRPO group).
-
-        The group's shared prompt (and its images) runs through the backbone ONCE; the responses
-        then run as one batch on top of its cached keys and values (see :meth:`rewards_of_group`).
-        Scores equal the plain per-sample path's up to float rounding.
+        A sample that cannot be scored (media refused or broken, too long, a modality the backbone
+        does not take, placeholder tokens or invalid Unicode in its text) is that sample's invalid
+        result naming the field and the limit; the others score in the same batched forwards, with
+        the rewards they have alone. ``references`` are accepted and ignored (a reward model reads
+        none), so every :class:`~mmrm.rm.scorer.Scorer` is called the same way.
         """
-        group = Group(prompt=prompt, responses=[as_response(r) for r in responses])
-        samples = group.samples()
-        try:
-            encoded = [self.encode(s) for s in samples]
-        except MmrmError:
-            encoded = []
-        if len(encoded) < 2:  # one response, or an item that fails: the plain path (and its errors)
-            raw = self.score(samples)
-        else:
-            values = self.rewards_of_group(encoded)
-            if all(isinstance(v, float) for v in values):
-                raw = values  # type: ignore[assignment]
-            else:
-                raw = self.score(samples)  # re-run to raise the typed error of the first failed item
-        return GroupScores(raw=raw, normalized=group_normalize(raw, eps=eps))
+        return self._results(self._encode_all(samples))
+
+    def compare(self, pairs: Pairs, *, references: References = None) -> list[ScoreResult]:
+        """P(A > B) = sigmoid(r_A - r_B) per pair (``value`` and ``prob_a_wins``; the two rewards in
+        ``details``); both sides of every pair go through one batched pass. A pair with a failed
+        side is invalid, naming the side."""
+        res = self.score([s for p in pairs for s in p.samples()])
+        out = []
+        for k in range(len(pairs)):
+            a, b = res[2 * k], res[2 * k + 1]
+            r = pair_result(a, b)
+            if not r.ok and r.field and r.field.startswith("response"):
+                # a side's field is relative to its Sample ("response..."); name it in the Pair
+                r.field = ("response_a" if not a.ok else "response_b") + r.field[len("response"):]
+            out.append(r)
+        return out
+
+    def rank(self, groups: Groups, *, references: References = None, eps: float = 1e-6) -> list[GroupResult]:
+        """Raw and group-normalized rewards of each group (GRPO), one :class:`GroupResult` per group.
+
+        A group's shared prompt (and its images) runs through the backbone ONCE; its responses then
+        run as one batch on top of the cached keys and values (:meth:`rewards_of_group`), with the
+        rewards the plain per-sample path gives up to float rounding. A response that cannot be
+        scored is invalid and left out of its group's normalization.
+        """
+        return [GroupResult.of(self._results(self._encode_all(g.samples()), group=True), eps=eps) for g in groups]
+
+    def rewards(self, samples: Samples) -> list[float]:
+        """Float helper: the rewards of :meth:`score`; raises the typed error of the first sample
+        that cannot be scored."""
+        return [r.raise_for_invalid() for r in self.score(samples)]
+
+    def probabilities(self, pairs: Pairs) -> list[float]:
+        """Float helper: P(A > B) of :meth:`compare`; raises the typed error of the first pair that
+        cannot be scored."""
+        return [r.raise_for_invalid() for r in self.compare(pairs)]
 
     # ------------------------------------------------------------------------- shared-prefix path
     #: a shared prefix shorter than this many tokens is not worth a separate forward pass.

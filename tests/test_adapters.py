@@ -75,7 +75,7 @@ def test_trl_multimodal_columns_and_metrics(rm):
     completions = [[{"role": "assistant", "content": t}] for t in ("The digit is 3.", "Seven.", "Nine.")]
     func = trl_reward_func(RewardFn(rm), name="mmrm_rm", references_column="solution")
     out, metrics, extra = _trl_call(func, prompts, completions, images=[[pil], [pil], [pil]], solution=["3", "7", "9"])
-    want = rm.score([to_sample([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": IMG}},
+    want = rm.rewards([to_sample([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": IMG}},
                                                                {"type": "text", "text": "Which digit?"}]}], c) for c in completions])
     assert _close(out, want, 1e-6)  # the prompt's PIL image and the data URI are the same pixels
     assert func.__name__ == "mmrm_rm" and metrics["mmrm_rm/invalid"] == [0.0] and not extra

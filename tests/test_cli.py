@@ -35,7 +35,7 @@ def test_score_prints_one_result_per_line(reward_checkpoint: Path, tmp_path: Pat
     assert r.exit_code == 0, r.output
     got = [json.loads(line)["value"] for line in r.stdout.splitlines() if line.startswith("{")]
     rm = RewardModel.from_pretrained(reward_checkpoint, device="cpu")
-    want = rm.score([Sample.model_validate(rows[0]), Sample.from_messages(rows[1]["messages"])])
+    want = rm.rewards([Sample.model_validate(rows[0]), Sample.from_messages(rows[1]["messages"])])
     assert got == pytest.approx(want, abs=1e-6)
 
 

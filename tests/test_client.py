@@ -21,9 +21,11 @@ from typing import Any, Callable
 
 import pytest
 
-from mmrm.rm.client import AsyncClient, Client, RankResult, ServiceError, TransportError
+from mmrm.rm.client import AsyncClient, Client, RemoteScorer, ServiceError, TransportError
 from mmrm.rm.errors import InvalidInput, MmrmError
-from mmrm.rm.types import Sample, ScoreResult
+from mmrm.rm.protocol import ItemResult
+from mmrm.rm.scorer import GroupResult, Scorer
+from mmrm.rm.types import Group, Pair, Sample, ScoreResult
 
 PROV = {"scorer": "rm-test", "kind": "reward_model", "fingerprint": "abc", "mmrm_version": "0.1.0", "engine": "hf"}
 
@@ -179,6 +181,14 @@ def test_import_is_light():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.parametrize("module", ["mmrm.rm.types", "mmrm.rm.errors", "mmrm.rm.protocol", "mmrm.rm.scorer"])
+def test_contract_modules_import_without_torch_or_ray(module: str):
+    code = (f"import sys, {module}; heavy = [m for m in ('torch', 'ray') if m in sys.modules]; "
+            "print(heavy); sys.exit(1 if heavy else 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, (module, out.stdout, out.stderr)
+
+
 def test_score_roundtrip_auth_and_body(server: Server, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("MMRM_API_TOKEN", "s3cret")
     img = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
@@ -328,18 +338,99 @@ def test_compare_rank_judge_models_health(server: Server):
         cmp = c.compare([{"prompt": "q", "response_a": "a", "response_b": "b"}], model="m")
         assert cmp[0].prob_a_wins == 0.75
         rk = c.rank([{"prompt": "q", "responses": ["a", "b"]}], model="m")
-        assert isinstance(rk[0], RankResult) and [r.value for r in rk[0].results] == [0.0, 1.0]
+        assert isinstance(rk[0], GroupResult) and [r.value for r in rk[0].results] == [0.0, 1.0]
         assert rk[0].normalized == [-1.0, 1.0]
-        jd = c.judge(samples(2), judge="j", mode="pointwise", rubric="helpfulness", extra={"references": ["x", "y"]})
+        jd = c.judge(samples(2), judge="j", rubric="helpfulness", references=["x", None])
         assert [r.value for r in jd] == [7.0, 7.0]
         assert c.models() == [{"id": "rm-test", "object": "model"}]
         assert c.health() == {"status": "ok"}
         assert c.ready() is False
     by_path = {s.path: s for s in server.script.seen}
     assert by_path["/v1/judge"].body["rubric"] == "helpfulness"
-    assert by_path["/v1/judge"].body["references"] == ["x", "y"]
-    assert by_path["/v1/judge"].body["mode"] == "pointwise"
+    assert by_path["/v1/judge"].body["references"] == ["x", None]
+    assert "mode" not in by_path["/v1/judge"].body  # the server forbids unknown fields
     assert [s.path for s in server.script.seen].count("/readyz") == 1  # readiness is never retried
+
+
+def test_bodies_are_the_protocol_requests_the_server_accepts(server: Server):
+    """What the client sends validates as the server's own request models (extra fields forbidden)."""
+    from mmrm.rm.protocol import CompareRequest, JudgeRequest, RankRequest, ScoreRequest
+
+    with Client(**fast(server.url)) as c:
+        c.score(samples(2), model="m", on_item_error="fail")
+        c.compare([{"prompt": "q", "response_a": "a", "response_b": "b"}], model="m")
+        c.rank([{"prompt": "q", "responses": ["a", "b"]}], model="m", eps=0.01)
+        c.judge(pairs=[{"prompt": "q", "response_a": "a", "response_b": "b"}], judge="j", references=["ref"])
+        with pytest.raises(TypeError):
+            c.judge(samples(1), judge="j", mode="pointwise")  # type: ignore[call-arg]  # no such field on the wire
+        with pytest.raises(ValueError, match="references"):
+            c.judge(samples(2), judge="j", references=["only one"])  # checked before any traffic
+    score, compare, rank, judge = (s.body for s in server.script.seen)
+    assert ScoreRequest.model_validate(score).on_item_error == "fail"
+    assert "on_item_error" not in compare and CompareRequest.model_validate(compare).on_item_error == "return"
+    assert RankRequest.model_validate(rank).eps == 0.01
+    assert JudgeRequest.model_validate(judge).references == ["ref"]
+    assert len(server.script.seen) == 4
+
+
+def test_per_item_invalid_results_are_results_not_errors(server: Server):
+    prov = PROV
+    data = [{"index": 1, "value": None, "invalid": "the image is not decodable", "error_kind": "invalid_media",
+             "field": "items[1].prompt[0].content[0].image_url", "limit": None, "provenance": prov},
+            {"index": 0, "value": 0.5, "provenance": prov},
+            {"index": 2, "value": None, "invalid": "new kind", "error_kind": "a_kind_from_the_future", "provenance": prov}]
+    server.script.answers.append((200, {}, _envelope("score", data)))
+    with Client(**fast(server.url)) as c:
+        res = c.score(samples(3), model="m")
+    assert all(isinstance(r, ItemResult) and isinstance(r, ScoreResult) for r in res)
+    assert [r.index for r in res] == [0, 1, 2] and res[0].value == 0.5
+    assert (res[1].ok, res[1].error_kind, res[1].field) == (False, "invalid_media", "items[1].prompt[0].content[0].image_url")
+    assert res[2].error_kind == "service_error"  # an unknown kind reads as a service error, never a crash
+    with pytest.raises(MmrmError, match="not decodable"):
+        res[1].raise_for_invalid()
+
+
+def test_text_utf8_cannot_carry_goes_escaped(server: Server):
+    with Client(**fast(server.url)) as c:
+        c.score([{"prompt": "bad \ud800 text", "response": "1"}, {"prompt": "caf\u00e9", "response": "2"}], model="m")
+    seen = server.script.seen[0]
+    assert seen.body["items"][0]["prompt"][0]["content"] == "bad \ud800 text"  # arrived as the same (escaped) text
+    assert seen.body["items"][1]["prompt"][0]["content"] == "caf\u00e9"
+
+
+def test_remote_scorer_is_a_scorer_batches_in_order_with_the_cards_provenance(server: Server):
+    cards = {"object": "list", "data": [{"id": "rm-test", "object": "model", "kind": "reward_model",
+                                         "fingerprint": "f" * 16, "engine": "hf", "dtype": "float32"}]}
+    server.script.answers.append((200, {}, cards))
+    with Client(**fast(server.url)) as c:
+        scorer = RemoteScorer(c, model="rm-test", batch_size=4, concurrency=2)
+        assert isinstance(scorer, Scorer)
+        prov = scorer.provenance
+        assert (prov.scorer, prov.kind, prov.fingerprint, prov.engine, prov.dtype) == ("rm-test", "reward_model", "f" * 16, "hf", "float32")
+        res = scorer.score([Sample.model_validate(x) for x in samples(10)], references=["ignored"] * 10)
+        assert [r.value for r in res] == [float(i) for i in range(10)] and [r.index for r in res] == list(range(10))
+        assert len(scorer.compare([Pair(prompt="q", response_a="a", response_b="b")] * 5)) == 5
+        groups = scorer.rank([Group(prompt="q", responses=["a", "b"])] * 5)
+        assert len(groups) == 5 and all(isinstance(g, GroupResult) for g in groups)
+        assert scorer.score([]) == []
+        judge = RemoteScorer(c, judge="j", rubric="helpfulness")
+        ranked = judge.rank([Group(prompt="q", responses=["a", "b", "c"])], references=["ref"])
+        assert ranked[0].values == [7.0, 7.0, 7.0] and ranked[0].normalized == [0.0, 0.0, 0.0]
+    paths = [s.path for s in server.script.seen]
+    assert paths.count("/v1/models") == 1  # asked once, when the provenance was first read (never for the judge here)
+    assert paths.count("/v1/score") == 3 and paths.count("/v1/compare") == 2 and paths.count("/v1/rank") == 2
+    assert all("references" not in s.body for s in server.script.seen if s.path == "/v1/score")
+    [jb] = [s.body for s in server.script.seen if s.path == "/v1/judge"]
+    assert jb["references"] == ["ref", "ref", "ref"] and jb["rubric"] == "helpfulness"
+
+
+def test_remote_scorer_without_a_card_is_keyed_by_url_and_name(server: Server):
+    with Client(**fast(f"http://127.0.0.1:{_free_port()}", max_retries=0)) as c:
+        a = RemoteScorer(c, model="m").provenance
+        b = RemoteScorer(c, judge="m", rubric="vqa").provenance
+    assert a.fingerprint.startswith("url-") and a.fingerprint != b.fingerprint and a.engine == "service"
+    with pytest.raises(ValueError, match="exactly one"):
+        RemoteScorer(c, model="m", judge="j")
 
 
 def test_bad_response_is_typed(server: Server):
@@ -424,3 +515,59 @@ def test_docstring_examples_run():
 
     res = doctest.testmod(client_module, optionflags=doctest.ELLIPSIS)
     assert res.failed == 0 and res.attempted > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Against the live service: a batch with every kind of item failure
+
+
+def _mixed_items(media_root) -> tuple[list[dict[str, Any]], dict[int, tuple[str, str]]]:
+    """Good items between one bad item of each kind; index -> (error_kind, field suffix) of the bad."""
+    from helpers import image_part, image_uri, text_part
+
+    user = lambda *parts: [{"role": "user", "content": list(parts)}]  # noqa: E731
+    items = [
+        {"prompt": "Describe the weather.", "response": "Sunny and warm."},
+        {"prompt": user(image_part("data:image/png;base64," + "QUJD" * 40), text_part("What is it?")), "response": "A cat."},
+        {"prompt": user(image_part(image_uri(56, 56, 1)), text_part("Which digit?")), "response": "The digit is 6."},
+        {"prompt": user(image_part("/etc/hostname"), text_part("What is it?")), "response": "A cat."},
+        {"prompt": "word " * 4200, "response": "ok"},
+        {"prompt": user(text_part("look <|image_pad|> here")), "response": "fine"},
+        {"prompt": "bad \ud800 text", "response": "fine"},
+        {"prompt": "What is 2+2?", "response": "4"},
+    ]
+    bad = {1: ("invalid_media", ".prompt[0].content[0].image_url"), 3: ("media_forbidden", ".prompt[0].content[0].image_url"),
+           4: ("input_too_long", ".messages"), 5: ("unsupported_input", ".prompt[0].content[0].text"),
+           6: ("invalid_input", ".prompt[0].content")}
+    return items, bad
+
+
+@pytest.mark.slow
+def test_live_service_mixed_failures_are_per_item_results(service: dict):
+    from mmrm.rm.media import MediaPolicy
+    from mmrm.rm.reward_model import RewardModel
+
+    items, bad = _mixed_items(service["media_root"])
+    rm = RewardModel.from_pretrained(service["checkpoint"], device="cpu", media_policy=MediaPolicy())
+    with Client(base_url=service["url"], token=service["token"], max_retries=2) as c:
+        res = c.score(items, model="tiny", request_id="mixed-1")
+        assert len(res) == len(items) and [r.index for r in res] == list(range(len(items)))
+        for i, it in enumerate(items):
+            r = res[i]
+            if i in bad:
+                kind, suffix = bad[i]
+                assert not r.ok and (r.error_kind, r.field) == (kind, f"items[{i}]{suffix}"), (i, r.invalid)
+            else:  # independent expectation: the sample alone, in process
+                assert r.ok and abs(r.value - rm.rewards([Sample.model_validate(it)])[0]) < 1e-5, i
+        assert res[4].limit == 4096
+        # the same through a RemoteScorer (the Scorer contract), and a pair with one bad side
+        scorer = RemoteScorer(c, model="tiny")
+        assert [r.error_kind for r in scorer.score([Sample.model_validate(it) for it in items])] == [r.error_kind for r in res]
+        pairs = [{"prompt": "q", "response_a": "fine", "response_b": "also fine"},
+                 {"prompt": items[5]["prompt"], "response_a": "a", "response_b": "b"}]
+        cmp = c.compare(pairs, model="tiny")
+        assert cmp[0].ok and not cmp[1].ok and cmp[1].error_kind == "unsupported_input"
+        # on_item_error="fail": the first failed item fails the request, naming its field
+        with pytest.raises(ServiceError) as ei:
+            c.score(items[:3], model="tiny", on_item_error="fail")
+        assert ei.value.status == 422 and ei.value.field == "items[1].prompt[0].content[0].image_url"

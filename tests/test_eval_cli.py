@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from mmrm.eval.cli import app
 from typer.testing import CliRunner
 
@@ -63,3 +64,43 @@ def test_missing_images_refused_unless_placeholders_asked(tmp_path: Path, reward
 def test_one_scorer_required(tmp_path: Path, digits_eval_data: Path) -> None:
     res = runner.invoke(app, ["run", "preference", str(digits_eval_data), "--out", str(tmp_path)])
     assert res.exit_code == 2 and "exactly one scorer" in res.output
+
+
+def _rows_with_bad_pairs(tmp_path: Path) -> Path:
+    rows = [{"id": 0, "prompt": "Describe the weather.", "chosen": "Sunny and warm.", "rejected": "Seven."},
+            {"id": 1, "prompt": "look <|image_pad|> here", "chosen": "fine", "rejected": "bad"},  # placeholder text
+            {"id": 2, "prompt": "What is 2+2?", "chosen": "4", "rejected": "5"},
+            {"id": 3, "prompt": "word " * 4200, "chosen": "ok", "rejected": "no"},  # too long (4096)
+            {"id": 4, "prompt": "Name a colour.", "chosen": "Blue.", "rejected": "A chair."}]
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data
+
+
+@pytest.mark.slow
+def test_run_with_url_records_a_bad_pair_invalid_and_goes_on(tmp_path: Path, service: dict, monkeypatch) -> None:
+    """Every scorer source gives the same run: a pair the scorer cannot score is recorded invalid
+    with its reason, the other pairs score as they do alone."""
+    from mmrm.eval.loaders import load_preference
+    from mmrm.eval.store import ResultStore
+    from mmrm.rm.reward_model import RewardModel
+
+    monkeypatch.setenv("MMRM_API_TOKEN", service["token"])
+    data = _rows_with_bad_pairs(tmp_path)
+    common = ["--order", "chosen_first", "--batch-size", "5", "--resamples", "50", "--device", "cpu"]
+    res = runner.invoke(app, ["run", "preference", str(data), "--url", service["url"], "--model", "tiny",
+                              "--out", str(tmp_path / "url"), *common])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["run", "preference", str(data), "--checkpoint", str(service["checkpoint"]),
+                              "--out", str(tmp_path / "ckpt"), *common])
+    assert res.exit_code == 0, res.output
+    items = {it.source_id: it for it in load_preference(data, order="chosen_first")}
+    rm = RewardModel.from_pretrained(service["checkpoint"], device="cpu")
+    for source in ("url", "ckpt"):
+        recs = {r["source_id"]: r for r in ResultStore(tmp_path / source / "results.jsonl").records()}
+        assert sorted(recs) == ["0", "1", "2", "3", "4"], source  # the run went on past the bad pairs
+        assert (recs["1"]["error_kind"], recs["3"]["error_kind"]) == ("unsupported_input", "input_too_long"), source
+        assert recs["1"]["invalid"] and recs["1"]["prob_a_wins"] is None and recs["1"]["verdict"] is None
+        for sid in ("0", "2", "4"):  # independent expectation: the pair alone, in process
+            want = rm.probabilities([items[sid].pair])[0]
+            assert recs[sid]["invalid"] is None and abs(recs[sid]["prob_a_wins"] - want) < 1e-5, (source, sid)

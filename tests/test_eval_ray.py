@@ -27,7 +27,7 @@ def test_ray_data_runner_matches_in_process(ray_cluster, tmp_path: Path, reward_
     assert len(recs) == 24 and {r["scorer_key"] for r in recs} == {spec.key()}
 
     local = spec.build()
-    direct = local.rm.compare_results([it.pair for it in items])
+    direct = local.compare([it.pair for it in items])
     by_key = {r["pair_key"]: r for r in recs if r["variant"] == "original"}
     for it, d in zip(items, direct):
         assert by_key[it.key]["prob_a_wins"] == pytest.approx(d.prob_a_wins, abs=1e-5)

@@ -3,7 +3,7 @@
 The plain path (``RewardModel.score``: every sample encoded alone and run whole) is itself tested
 against plain transformers in test_reward_model.py; here every fast path is checked against it:
 
-* the GRPO group path (``score_group`` / ``rewards_of_group``): the shared prompt and its images run
+* the GRPO group path (``rank`` / ``rewards_of_group``): the shared prompt and its images run
   once, the responses run on its cached keys and values (mrope positions shifted by the image's
   rope delta on the Qwen2-VL family);
 * the cases where that path must step aside (a response with its own image, no shared prefix,
@@ -25,7 +25,7 @@ import torch
 from helpers import image_part, image_uri, text_part, video_part
 from mmrm.rm.errors import UnsupportedInput
 from mmrm.rm.reward_model import RewardModel
-from mmrm.rm.types import Pair, Sample
+from mmrm.rm.types import Group, Pair, Sample
 
 ATOL = 1e-4
 ARCHS = ["qwen2", "qwen2_vl", "qwen2_5_vl"]
@@ -63,9 +63,14 @@ def _prompt(arch: str, media: str = "image") -> list[dict]:
 def _plain(rm: RewardModel, prompt, responses) -> list[float]:
     rm.pack_sequences = False
     try:
-        return rm.score([Sample(prompt=prompt, response=r) for r in responses])
+        return rm.rewards([Sample(prompt=prompt, response=r) for r in responses])
     finally:
         rm.pack_sequences = None
+
+
+def _group(rm: RewardModel, prompt, responses) -> list[float | None]:
+    """The raw values of one group through ``rank`` (the shared-prefix path)."""
+    return rm.rank([Group(prompt=prompt, responses=responses)])[0].values
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -74,10 +79,10 @@ def test_group_path_matches_plain_path(rms, arch):
     prompt = _prompt(arch)
     ref = _plain(rm, prompt, RESPONSES)
     before = rm.forward_calls
-    got = rm.score_group(prompt, RESPONSES)
+    got = _group(rm, prompt, RESPONSES)
     # the prefix path really ran: one pass for the shared prefix, one for all the responses
     assert rm.forward_calls - before == 2
-    assert got.raw == pytest.approx(ref, abs=ATOL)
+    assert got == pytest.approx(ref, abs=ATOL)
     enc = [rm.encode(Sample(prompt=prompt, response=r)) for r in RESPONSES]
     prefix = rm.shared_prefix_length(enc)
     assert prefix >= rm.min_shared_prefix
@@ -91,7 +96,7 @@ def test_group_path_with_several_images_or_a_video(rms, arch, media):
     prompt = _prompt(arch, media)
     ref = _plain(rm, prompt, RESPONSES[:4])
     before = rm.forward_calls
-    got = rm.score_group(prompt, RESPONSES[:4]).raw
+    got = _group(rm, prompt, RESPONSES[:4])
     assert rm.forward_calls - before == 2
     assert got == pytest.approx(ref, abs=ATOL)
 
@@ -105,7 +110,7 @@ def test_group_split_over_several_batches(rms, arch):
     rm.max_batch_size = 2
     try:
         before = rm.forward_calls
-        got = rm.score_group(prompt, RESPONSES).raw
+        got = _group(rm, prompt, RESPONSES)
         assert rm.forward_calls - before == 1 + 3  # the prefix once, then 3 batches of 2 responses
     finally:
         rm.max_batch_size = old
@@ -115,8 +120,8 @@ def test_group_split_over_several_batches(rms, arch):
 def test_group_score_does_not_depend_on_the_other_responses(rms):
     rm = rms["qwen2_vl"]
     prompt = _prompt("qwen2_vl")
-    full = rm.score_group(prompt, RESPONSES).raw
-    part = rm.score_group(prompt, [RESPONSES[1], RESPONSES[5]]).raw
+    full = _group(rm, prompt, RESPONSES)
+    part = _group(rm, prompt, [RESPONSES[1], RESPONSES[5]])
     assert part == pytest.approx([full[1], full[5]], abs=ATOL)
 
 
@@ -125,7 +130,7 @@ def test_rewards_of_group_on_a_pair_matches_compare(rms):
     prompt = _prompt("qwen2_5_vl")
     enc = [rm.encode(Sample(prompt=prompt, response=r)) for r in RESPONSES[:2]]
     a, b = rm.rewards_of_group(enc)
-    p = rm.compare([Pair(prompt=prompt, response_a=RESPONSES[0], response_b=RESPONSES[1])])[0]
+    p = rm.probabilities([Pair(prompt=prompt, response_a=RESPONSES[0], response_b=RESPONSES[1])])[0]
     assert torch.sigmoid(torch.tensor(a - b)).item() == pytest.approx(p, abs=ATOL)
 
 
@@ -136,7 +141,7 @@ def test_response_with_its_own_image_falls_back_to_plain(rms):
     enc = [rm.encode(Sample(prompt=prompt, response=r)) for r in responses]
     assert rm.shared_prefix_length(enc) == 0  # media differ / media after the prefix: no sharing
     before = rm.forward_calls
-    got = rm.score_group(prompt, responses).raw
+    got = _group(rm, prompt, responses)
     assert rm.forward_calls - before == 1
     assert got == pytest.approx(_plain(rm, prompt, responses), abs=ATOL)
 
@@ -155,14 +160,22 @@ def test_left_truncation_group_matches_plain(tiny_models, tmp_path):
     rm = RewardModel.from_pretrained(path, device="cpu", max_length=40, truncation="left")
     prompt = "one two three four five six seven eight nine ten " * 6
     responses = ["The digit is 3.", "It is a seven, surely.", "8"]
-    assert rm.score_group(prompt, responses).raw == pytest.approx(_plain(rm, prompt, responses), abs=ATOL)
+    assert _group(rm, prompt, responses) == pytest.approx(_plain(rm, prompt, responses), abs=ATOL)
 
 
-def test_group_with_a_bad_item_raises_like_score(rms):
+def test_group_with_a_bad_item_is_invalid_and_the_rest_score_as_plain(rms):
     rm = rms["qwen2"]
+    prompt = _prompt("qwen2")
     bad = [text_part("look:"), image_part(image_uri(28, 28, seed=1))]  # an image for a text-only model
-    with pytest.raises(UnsupportedInput):
-        rm.score_group("a prompt", ["fine", bad])
+    [g] = rm.rank([Group(prompt=prompt, responses=[RESPONSES[0], bad, RESPONSES[1], RESPONSES[2]])])
+    assert [r.ok for r in g.results] == [True, False, True, True] and g.normalized[1] is None
+    assert g.results[1].error_kind == UnsupportedInput.kind and g.results[1].field == "response.content[1]"
+    assert [g.values[i] for i in (0, 2, 3)] == pytest.approx(_plain(rm, prompt, RESPONSES[:3]), abs=ATOL)
+    # normalized over the valid responses only, with the formula of the plain group
+    vals = [g.values[i] for i in (0, 2, 3)]
+    mean = sum(vals) / 3
+    sd = (sum((v - mean) ** 2 for v in vals) / 3) ** 0.5
+    assert [g.normalized[i] for i in (0, 2, 3)] == pytest.approx([(v - mean) / (sd + 1e-6) for v in vals], abs=1e-9)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -193,12 +206,12 @@ def test_vision_cache_same_scores_as_without(rms, arch):
     rm = rms[arch]
     samples = _mixed_image_samples()
     rm.vision_cache.max_bytes = 0  # off: the reference
-    ref = rm.score(samples)
+    ref = rm.rewards(samples)
     rm.vision_cache.max_bytes = RewardModel.vision_cache_bytes
     rm.vision_cache.clear()
-    first = rm.score(samples)  # fills the cache (two distinct images)
+    first = rm.rewards(samples)  # fills the cache (two distinct images)
     assert len(rm.vision_cache) == 2
-    second = rm.score(samples)  # served from the cache
+    second = rm.rewards(samples)  # served from the cache
     assert first == pytest.approx(ref, abs=ATOL)
     assert second == pytest.approx(ref, abs=ATOL)
     assert rm.vision_cache.bytes <= rm.vision_cache.max_bytes
@@ -210,9 +223,9 @@ def test_vision_cache_runs_a_shared_image_once(rms):
     prompt = _prompt("qwen2_5_vl")
     calls, handle = _count_tower_images(rm)
     try:
-        rm.compare([Pair(prompt=prompt, response_a="yes", response_b="no")])
+        rm.probabilities([Pair(prompt=prompt, response_a="yes", response_b="no")])
         assert len(calls) == 1  # both sides of the pair: one image, one tower pass
-        rm.compare([Pair(prompt=prompt, response_a="maybe", response_b="never")])
+        rm.probabilities([Pair(prompt=prompt, response_a="maybe", response_b="never")])
         assert len(calls) == 1  # seen before: no tower pass at all
     finally:
         handle.remove()
@@ -221,13 +234,13 @@ def test_vision_cache_runs_a_shared_image_once(rms):
 def test_vision_cache_invalidated_when_weights_change(tiny_models):
     rm = RewardModel.from_backbone(tiny_models["qwen2_vl"], seed=6, device="cpu").eval()
     samples = _mixed_image_samples()[:2]
-    before = rm.score(samples)
+    before = rm.rewards(samples)
     with torch.no_grad():
         for p in rm.backbone.model.visual.parameters():
             p.mul_(1.5)  # an in-place update, as an optimizer step does
-    after = rm.score(samples)
+    after = rm.rewards(samples)
     rm.vision_cache.max_bytes = 0
-    fresh = rm.score(samples)
+    fresh = rm.rewards(samples)
     assert after == pytest.approx(fresh, abs=ATOL)
     assert after != pytest.approx(before, abs=ATOL)
 
@@ -279,11 +292,11 @@ def test_packed_rows_match_padded_batches(rms, arch):
     rm = rms[arch]
     samples = _mixed_samples(arch)
     rm.pack_sequences = False
-    ref = rm.score(samples)
+    ref = rm.rewards(samples)
     rm.pack_sequences = True
     try:
         before = rm.forward_calls
-        got = rm.score(samples)
+        got = rm.rewards(samples)
         # all text samples in one packed row (well under pack_tokens), the image ones in one batch
         assert rm.forward_calls - before == (1 if arch == "qwen2" else 2)
     finally:
@@ -296,18 +309,18 @@ def test_pack_token_budget_splits_rows_and_keeps_order(rms):
     samples = [Sample(prompt=_prompt("qwen2"), response=r) for r in RESPONSES]
     lengths = [rm.encode(s).length for s in samples]
     rm.pack_sequences = False
-    ref = rm.score(samples)
+    ref = rm.rewards(samples)
     rm.pack_sequences, rm.pack_tokens = True, max(lengths) + 1  # at most one long sample per row... or two short
     try:
         plan = rm.plan_packs(lengths)
         assert [i for p in plan for i in p] == list(range(len(samples)))
         assert all(sum(lengths[i] for i in p) <= rm.pack_tokens for p in plan)
         before = rm.forward_calls
-        got = rm.score(samples)
+        got = rm.rewards(samples)
         assert rm.forward_calls - before == len(plan) > 1
         rm.pack_tokens = 8  # every sample is longer than the budget: one row each
         assert rm.plan_packs(lengths) == [[i] for i in range(len(samples))]
-        assert rm.score(samples) == pytest.approx(ref, abs=ATOL)
+        assert rm.rewards(samples) == pytest.approx(ref, abs=ATOL)
     finally:
         rm.pack_sequences, rm.pack_tokens = None, RewardModel.pack_tokens
     assert got == pytest.approx(ref, abs=ATOL)
@@ -367,7 +380,7 @@ def test_regional_compile_matches_eager(reward_checkpoint):
     compiled = RewardModel.from_pretrained(reward_checkpoint, device="cpu", compile=True)
     samples = [Sample(prompt=_prompt("qwen2"), response=r) for r in RESPONSES]
     samples.append(Sample(prompt=_prompt("qwen2_vl"), response=RESPONSES[1]))
-    ref = eager.score(samples)
-    assert compiled.score(samples) == pytest.approx(ref, abs=ATOL)
+    ref = eager.rewards(samples)
+    assert compiled.rewards(samples) == pytest.approx(ref, abs=ATOL)
     # other lengths reuse the dynamic-shape graphs
-    assert compiled.score(samples[1:4]) == pytest.approx(ref[1:4], abs=ATOL)
+    assert compiled.rewards(samples[1:4]) == pytest.approx(ref[1:4], abs=ATOL)

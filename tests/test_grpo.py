@@ -52,7 +52,7 @@ def _check_trl_logged_mmrm_rewards(trainer, batches, rm) -> None:
     prompts, completions = list(trainer._logs["prompt"]), list(trainer._logs["completion"])
     logged = list(trainer._logs["rewards"]["mmrm"])
     assert len(logged) == len(completions) == 4
-    independent = rm.score([to_sample(p, c) for p, c in zip(prompts, completions)])
+    independent = rm.rewards([to_sample(p, c) for p, c in zip(prompts, completions)])
     assert np.allclose(logged, independent, rtol=1e-6, atol=1e-5)
     # 2. per step: TRL's logged mean == the mean of what mmrm returned at that step (float32 in TRL)
     means = [h["rewards/mmrm/mean"] for h in trainer.state.log_history if "rewards/mmrm/mean" in h]
@@ -107,9 +107,9 @@ def test_grpo_vision_language_policy_images_reach_the_reward(tiny_qwen2_vl, rm, 
 
     from mmrm.rm.types import Sample
 
-    want = rm.score([Sample.model_validate(sample(png_data_uri(np.asarray(im)), c)) for im, c in zip(images, completions)])
+    want = rm.rewards([Sample.model_validate(sample(png_data_uri(np.asarray(im)), c)) for im, c in zip(images, completions)])
     assert np.allclose(logged, want, rtol=1e-6, atol=1e-5)
-    other = rm.score([Sample.model_validate(sample(png_data_uri(arrays[0][::-1].copy()), c)) for c in completions])
+    other = rm.rewards([Sample.model_validate(sample(png_data_uri(arrays[0][::-1].copy()), c)) for c in completions])
     assert not np.allclose(other, want, atol=1e-4)  # the pixels reached the reward model
 
 

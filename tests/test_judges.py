@@ -23,7 +23,7 @@ from mmrm.judges.parsing import ANSWER_OPEN, AnswerError, AnswerSchema, parse_sl
 from mmrm.judges.rubrics import ChecklistItem, checklist_score, combine
 from mmrm.judges.scoring import debias_pair
 from mmrm.rm.errors import ConfigError
-from mmrm.rm.types import Pair, Sample, ScoreResult
+from mmrm.rm.types import Group, Pair, Sample, ScoreResult
 
 
 def _png_uri(color: tuple[int, int, int], size: int = 56) -> str:
@@ -432,8 +432,39 @@ def test_panel_aggregates_and_reports_agreement(backend) -> None:
     verdicts = [m["verdict"] for m in out[0].details["members"]]
     assert out[0].details["agreement"] == (1.0 if verdicts[0] == verdicts[1] else 0.0)
     assert kappa is None  # one item: undefined
-    strict = Panel([j1, Judge("helpfulness", backend, JudgeConfig(name="strict"))], min_valid=2)
-    assert strict.score(samples[:1])[0].error_kind == "panel_too_few_valid"
+    strict_member = Judge("helpfulness", backend, JudgeConfig(name="strict"))  # min_label_mass 0.5: a random tiny model misses it
+    strict = Panel([j1, strict_member], min_valid=2)
+    [r] = strict.score(samples[:1])
+    # the kind is the failed member's (in the shared vocabulary), the reason says how many failed
+    assert not r.ok and r.error_kind == strict_member.score(samples[:1])[0].error_kind == "low_label_mass"
+    assert r.invalid.startswith("1 of 2 judges produced a value")
+
+
+def test_judge_and_panel_are_scorers_rank_is_pointwise_normalized_per_group(backend) -> None:
+    from mmrm.rm.scorer import GroupResult, Scorer
+
+    judge = Judge("helpfulness", backend, JudgeConfig(min_label_mass=0.0))
+    panel = Panel([judge, Judge("helpfulness", backend, JudgeConfig(min_label_mass=0.0, name="second"))])
+    bad = [_img("file:///etc/passwd")]  # refused by the media policy: that response alone is invalid
+    groups = [Group(prompt="Name a colour.", responses=["Blue.", "Seven.", "A colour.", bad]),
+              Group(prompt="2+2?", responses=["4"])]
+    for scorer in (judge, panel):
+        assert isinstance(scorer, Scorer)
+        ranked = scorer.rank(groups)
+        assert all(isinstance(g, GroupResult) for g in ranked) and [len(g.results) for g in ranked] == [4, 1]
+        # independent expectation: each response judged alone, then the group formula by hand
+        alone = [scorer.score([s])[0] for s in groups[0].samples()]
+        g = ranked[0]
+        assert [r.ok for r in g.results] == [True, True, True, False] and g.results[3].error_kind == "media_forbidden"
+        assert g.values[:3] == pytest.approx([r.value for r in alone[:3]], abs=1e-6)
+        vals = g.values[:3]
+        mean = sum(vals) / 3
+        sd = (sum((v - mean) ** 2 for v in vals) / 3) ** 0.5
+        assert g.normalized[:3] == pytest.approx([(v - mean) / (sd + 1e-6) for v in vals], abs=1e-6)
+        assert g.normalized[3] is None and ranked[1].normalized == [0.0]
+        assert len(scorer.compare([Pair(prompt="q", response_a="a", response_b="b")] * 2)) == 2
+    with pytest.raises(ValueError, match="one per group"):
+        judge.rank(groups, references=["x"])
 
 
 def test_fleiss_kappa_hand_example() -> None:

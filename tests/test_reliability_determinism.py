@@ -50,7 +50,7 @@ def inproc(service: dict):
 def expected(inproc) -> list[float]:
     from mmrm.rm.types import Sample
 
-    return inproc.score([Sample.model_validate(s) for s in PROBES])
+    return inproc.rewards([Sample.model_validate(s) for s in PROBES])
 
 
 def _score(app: dict, model: str, items: list[dict]) -> list[float]:
@@ -112,7 +112,7 @@ def test_same_score_across_replicas(rel_service: dict, expected: list[float]) ->
 
         server = find(actor, 5)
         assert server is not None and server.rm is not None
-        return os.getpid(), server.rm.score([Sample.model_validate(s) for s in PROBES])
+        return os.getpid(), server.rm.rewards([Sample.model_validate(s) for s in PROBES])
 
     reps = wait_for_replicas("rel", "model-tiny2", 2)
     per_replica = {}

@@ -104,7 +104,7 @@ def test_burst_gets_fast_refusals_memory_stays_bounded_and_service_recovers(rel_
     h = rel_service["headers"]
     items = _items()
     body = json.dumps({"model": "tiny2", "items": items}).encode()
-    want = RewardModel.from_pretrained(rel_service["checkpoint"], device="cpu", media_policy=MediaPolicy()).score(
+    want = RewardModel.from_pretrained(rel_service["checkpoint"], device="cpu", media_policy=MediaPolicy()).rewards(
         [Sample.model_validate(s) for s in items])
     # Warm up every replica (lazy allocations happen on first use), then take the baseline.
     for _ in range(6):

@@ -188,7 +188,7 @@ def test_in_process_equals_reward_model(rm, caplog):
     fn = RewardFn(rm)
     with caplog.at_level(logging.INFO, logger="mmrm.reward"):
         batch = fn.score_inputs(prompts, completions, images=images)
-    want = rm.score([to_sample(p, c, i) for p, c, i in zip(prompts, completions, images)])
+    want = rm.rewards([to_sample(p, c, i) for p, c, i in zip(prompts, completions, images)])
     assert batch.rewards == batch.raw == want
     assert fn(prompts, completions, images=images) == want
     assert asyncio.run(fn.acall(prompts, completions, images=images)) == want
@@ -227,18 +227,20 @@ def test_judge_as_reward(tiny_qwen2_vl):
     want = [r.value for r in judge.score(samples)]
     fn = RewardFn(judge)
     assert fn.kind == "judge" and fn([s.prompt for s in samples], [s.response for s in samples]) == want
-    other = RewardFn(judge, rubric="vqa")  # same backend, another rubric
-    assert other._scorer.obj.rubric.name == "vqa" and other._scorer.obj.backend is judge.backend
+    vqa = Judge("vqa", judge.backend, judge.config)  # another rubric: a judge built for it, same backend
+    assert RewardFn(vqa).scorer is vqa
     strict = RewardFn(Judge("helpfulness", judge.backend, JudgeConfig(min_label_mass=1.0)))
-    batch = strict.score(samples)  # a random tiny judge never puts all its mass on the labels
+    batch = strict.reward_batch(samples)  # a random tiny judge never puts all its mass on the labels
     assert batch.rewards == [None, None] and all(e.startswith("low_label_mass") for e in batch.errors)
 
 
 def test_constructor_checks(rm):
-    with pytest.raises(TypeError, match="RewardModel or a Judge"):
+    with pytest.raises(TypeError, match="needs a Scorer"):
         RewardFn(object())
+    with pytest.raises(TypeError):
+        RewardFn(rm, rubric="vqa")  # type: ignore[call-arg]  # a rubric belongs to a Judge built for it
     with pytest.raises(ValueError, match="rubric"):
-        RewardFn(rm, rubric="vqa")
+        RewardFn.remote("http://127.0.0.1:1", model="a", rubric="vqa")
     with pytest.raises(ValueError, match="exactly one of model"):
         RewardFn.remote("http://127.0.0.1:1", model="a", judge="b")
     with pytest.raises(ValueError, match="one per completion"):
@@ -256,30 +258,93 @@ def test_remote_transport_failure_is_per_item_none_with_reason():
     fn.close()
 
 
+def test_remote_request_level_refusal_raises_transient_failure_fails_items():
+    """Per item answers leave a 4xx for the request as a whole: a setup error, raised (no resending
+    without an item). A transient failure (5xx after the client's retries) gives no rewards, with reasons."""
+    import http.server
+    import threading
+
+    seen = []
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):  # noqa: N802
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            status = 404 if body["model"] == "nope" else 502
+            out = json.dumps({"error": {"kind": "not_found" if status == 404 else "backend_error", "message": "x",
+                                        "field": "model" if status == 404 else None}}).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        from mmrm.rm.client import ServiceError
+
+        with RewardFn.remote(url, model="nope", token=None, max_retries=0) as fn:
+            with pytest.raises(ServiceError) as ei:
+                fn(["q", "q", "q"], ["a", "b", "c"])
+            assert ei.value.status == 404 and len(seen) == 1  # one request, never resent item by item
+        with RewardFn.remote(url, model="busy", token=None, max_retries=0) as fn:
+            batch = fn.score_inputs(["q", "q"], ["a", "b"])
+        assert batch.rewards == [None, None] and all(e.startswith("backend_error") for e in batch.errors)  # the body's kind
+    finally:
+        srv.shutdown()
+
+
 @pytest.mark.slow
 def test_remote_equals_in_process(service, rm):
     prompts, completions, images = _inputs()
-    want = rm.score([to_sample(p, c, i) for p, c, i in zip(prompts, completions, images)])
+    want = rm.rewards([to_sample(p, c, i) for p, c, i in zip(prompts, completions, images)])
     with RewardFn.remote(service["url"], model="tiny", token=service["token"], batch_size=3) as fn:
         got = fn(prompts, completions, images=images)  # two requests (batch_size=3)
         assert np.max(np.abs(np.array(got) - np.array(want))) < 1e-5
-        got_async = asyncio.run(_acall(fn, prompts, completions, images))
+        got_async = asyncio.run(fn.acall(prompts, completions, images=images))
         assert np.max(np.abs(np.array(got_async) - np.array(want))) < 1e-5
-        # an item the service refuses (422 naming items[1]) fails alone, with the same kind as in-process
-        batch = fn.score_inputs(["ok?", [{"role": "user", "content": [{"type": "image"}]}], "fine"],
-                                ["yes", "no", "r"], images=[None, ["/etc/passwd.png"], None])
-        local = RewardFn(rm).score_inputs(["ok?", [{"role": "user", "content": [{"type": "image"}]}], "fine"],
-                                          ["yes", "no", "r"], images=[None, ["/etc/passwd.png"], None])
-        assert batch.rewards[1] is None and local.rewards[1] is None
-        assert batch.results[1].error_kind == local.results[1].error_kind == "media_forbidden"
-        assert abs(batch.rewards[0] - local.rewards[0]) < 1e-5 and abs(batch.rewards[2] - local.rewards[2]) < 1e-5
 
 
-async def _acall(fn, prompts, completions, images):
-    try:
-        return await fn.acall(prompts, completions, images=images)
-    finally:
-        await fn.aclose()
+def _mixed_inputs():
+    """RL inputs with one item of every failure kind between good ones (prompt, completion, images)."""
+    user = lambda *parts: [{"role": "user", "content": list(parts)}]  # noqa: E731
+    text = lambda t: {"type": "text", "text": t}  # noqa: E731
+    return [
+        ("Describe the weather.", "Sunny and warm.", None),                                       # good
+        (user({"type": "image"}, text("What is it?")), "A cat.", ["data:image/png;base64," + "QUJD" * 40]),  # broken image
+        (user({"type": "image"}, text("What is it?")), "A cat.", ["/etc/passwd.png"]),           # refused path
+        (user(text("Which digit?")), "The digit is 6.", [IMG]),                                    # good, with an image
+        ("word " * 4200, "ok", None),                                                              # too long (4096)
+        (user(text("look <|image_pad|> here")), "fine", None),                                    # placeholder text
+        ("bad \ud800 text", "fine", None),                                                         # lone surrogate
+        ("What is 2+2?", "4", None),                                                               # good
+    ]
+
+
+@pytest.mark.slow
+def test_remote_mixed_failures_are_per_item_like_in_process(service, rm):
+    rows = _mixed_inputs()
+    prompts, completions, images = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+    local = RewardFn(rm).score_inputs(prompts, completions, images=images)
+    with RewardFn.remote(service["url"], model="tiny", token=service["token"]) as fn:
+        remote = fn.score_inputs(prompts, completions, images=images)  # one request, answered per item
+    good = [0, 3, 7]
+    assert [i for i, r in enumerate(remote.rewards) if r is not None] == good
+    for i in good:  # independent expectation: the sample scored alone, in process
+        alone = rm.rewards([to_sample(prompts[i], completions[i], images[i])])[0]
+        assert abs(remote.rewards[i] - alone) < 1e-5 and abs(local.rewards[i] - alone) < 1e-5
+    want = {1: "invalid_media", 2: "media_forbidden", 4: "input_too_long", 5: "unsupported_input", 6: "invalid_input"}
+    for i, kind in want.items():
+        r, loc = remote.results[i], local.results[i]
+        assert (r.error_kind, loc.error_kind) == (kind, kind), (i, r.invalid, loc.invalid)
+        assert r.field and loc.field and r.field.endswith(loc.field), (i, r.field, loc.field)  # items[k].<the same path>
+        assert r.limit == loc.limit
+    assert remote.results[4].limit == 4096
 
 
 @pytest.mark.slow

@@ -21,10 +21,10 @@ from torch import nn
 
 from helpers import image_part, image_uri, pil_image, text_part, video_part
 from mmrm.rm import checkpoint as ckpt
-from mmrm.rm.errors import ConfigError, InputTooLong, MediaError, UnsupportedInput
+from mmrm.rm.errors import ConfigError, InputTooLong, MediaError, MmrmError, UnsupportedInput
 from mmrm.rm.heads import RewardHead, pool_last_token
 from mmrm.rm.reward_model import RewardModel
-from mmrm.rm.types import Pair, Sample
+from mmrm.rm.types import Group, Pair, Sample
 
 VL_ARCHS = ["qwen2_vl", "qwen2_5_vl"]
 ATOL = 1e-5
@@ -160,12 +160,12 @@ TEXT_SAMPLES = [
 
 def test_score_returns_one_python_float_per_sample(vl, mixed_samples):
     rm, _ = vl["qwen2_vl"]
-    scores = rm.score(mixed_samples)
+    scores = rm.rewards(mixed_samples)
     assert len(scores) == len(mixed_samples)
     assert all(type(s) is float and math.isfinite(s) for s in scores)
     assert len(set(scores)) == len(scores)  # different conversations, different rewards
     calls = rm.forward_calls
-    assert rm.score([]) == []
+    assert rm.rewards([]) == []
     assert rm.forward_calls == calls
 
 
@@ -202,10 +202,10 @@ def test_bf16_backbone_keeps_fp32_head(vl, mixed_samples):
     rm16 = RewardModel.from_pretrained(path, device="cpu", dtype="bfloat16")
     assert all(p.dtype == torch.bfloat16 for p in rm16.backbone.parameters())
     assert all(p.dtype == torch.float32 for p in rm16.head.parameters())
-    assert rm16.score_results(mixed_samples[:2])[0].provenance.dtype == "bfloat16"
-    s16 = rm16.score(mixed_samples[:2])
+    assert rm16.score(mixed_samples[:2])[0].provenance.dtype == "bfloat16"
+    s16 = rm16.rewards(mixed_samples[:2])
     assert all(type(s) is float and math.isfinite(s) for s in s16)
-    assert np.allclose(s16, rm32.score(mixed_samples[:2]), atol=0.05)
+    assert np.allclose(s16, rm32.rewards(mixed_samples[:2]), atol=0.05)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,18 +236,18 @@ def test_mixed_batch_is_one_forward_and_batch_invariant(vl, mixed_samples, arch)
     assert len(set(lengths)) == len(lengths), f"lengths should all differ: {lengths}"
     with_media = [rm.encode(s).n_images > 0 for s in mixed_samples]
     assert any(with_media) and not all(with_media)
-    alone = [rm.score([s])[0] for s in mixed_samples]
+    alone = [rm.rewards([s])[0] for s in mixed_samples]
     try:
         # padded: the whole mixed batch is one forward; packed (the CPU default): the text samples
         # share one packed row and the ones with images one padded batch
         for pack, forwards in ((False, 1), (True, 2)):
             rm.pack_sequences = pack
             before = rm.forward_calls
-            batched = rm.score(mixed_samples)
+            batched = rm.rewards(mixed_samples)
             assert rm.forward_calls - before == forwards
             assert np.abs(np.array(batched) - np.array(alone)).max() <= ATOL
             # order of the batch does not matter either
-            rev = rm.score(mixed_samples[::-1])[::-1]
+            rev = rm.rewards(mixed_samples[::-1])[::-1]
             assert np.abs(np.array(rev) - np.array(alone)).max() <= ATOL
     finally:
         rm.pack_sequences = None
@@ -261,7 +261,7 @@ def test_scores_match_plain_transformers_reference(vl, mixed_samples, arch):
     rm, path = vl[arch]
     processor = tf.AutoProcessor.from_pretrained(str(path))
     model = tf.AutoModelForImageTextToText.from_pretrained(str(path)).eval()
-    got = rm.score(mixed_samples)
+    got = rm.rewards(mixed_samples)
     for spec, sample, value in zip(MIXED, mixed_samples, got):
         inputs = reference_inputs(spec, processor)
         assert torch.equal(rm.encode(sample).input_ids, inputs["input_ids"][0])
@@ -283,9 +283,9 @@ def test_left_padding_side_checkpoint_gives_same_scores(vl, mixed_samples, tmp_p
     rm_left = RewardModel.from_pretrained(left, device="cpu", pack_sequences=False)
     assert rm_left.encoder.tokenizer.padding_side == "left"
     before = rm_left.forward_calls
-    got = rm_left.score(mixed_samples)
+    got = rm_left.rewards(mixed_samples)
     assert rm_left.forward_calls - before == 1
-    assert np.abs(np.array(got) - np.array(rm.score(mixed_samples))).max() <= ATOL
+    assert np.abs(np.array(got) - np.array(rm.rewards(mixed_samples))).max() <= ATOL
 
 
 def test_text_model_batch_invariance_and_reference(text_rm):
@@ -295,13 +295,13 @@ def test_text_model_batch_invariance_and_reference(text_rm):
     tok = tf.AutoTokenizer.from_pretrained(str(path))
     body = tf.AutoModelForCausalLM.from_pretrained(str(path)).model.eval()
     before = rm.forward_calls
-    batched = rm.score(TEXT_SAMPLES)
+    batched = rm.rewards(TEXT_SAMPLES)
     assert rm.forward_calls - before == 1
     for s, v in zip(TEXT_SAMPLES, batched):
         msgs = [{"role": m.role, "content": m.content} for m in s.messages]
         ids = tok(tok.apply_chat_template(msgs, tokenize=False).rstrip(), return_tensors="pt", add_special_tokens=False)
         assert v == pytest.approx(reference_reward(body, rm.head, ids), abs=ATOL)
-        assert v == pytest.approx(rm.score([s])[0], abs=ATOL)
+        assert v == pytest.approx(rm.rewards([s])[0], abs=ATOL)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -318,22 +318,22 @@ def test_compare_is_sigmoid_of_reward_difference_in_one_forward(vl, mixed_sample
     rm.pack_sequences = False  # padded: every pair, both sides, one forward
     try:
         before = rm.forward_calls
-        probs = rm.compare(pairs)
+        probs = rm.probabilities(pairs)
         assert rm.forward_calls - before == 1
     finally:
         rm.pack_sequences = None
     before = rm.forward_calls
     # packed (the CPU default): text-only sides in one packed row, sides with images in one batch
-    assert rm.compare(pairs) == pytest.approx(probs, abs=ATOL)
+    assert rm.probabilities(pairs) == pytest.approx(probs, abs=ATOL)
     assert rm.forward_calls - before == 2
     for p, prob in zip(pairs, probs):
-        ra = rm.score([Sample(prompt=p.prompt, response=p.response_a)])[0]
-        rb = rm.score([Sample(prompt=p.prompt, response=p.response_b)])[0]
+        ra = rm.rewards([Sample(prompt=p.prompt, response=p.response_a)])[0]
+        rb = rm.rewards([Sample(prompt=p.prompt, response=p.response_b)])[0]
         assert 0.0 < prob < 1.0
         assert prob == pytest.approx(1.0 / (1.0 + math.exp(rb - ra)), abs=ATOL)
-    swapped = rm.compare([p.swapped() for p in pairs])
+    swapped = rm.probabilities([p.swapped() for p in pairs])
     assert np.allclose(np.array(swapped), 1.0 - np.array(probs), atol=ATOL)
-    res = rm.compare_results(pairs[:1])[0]
+    res = rm.compare(pairs[:1])[0]
     assert res.prob_a_wins == res.value
     assert set(res.details) >= {"reward_a", "reward_b"}
 
@@ -344,29 +344,36 @@ def test_compare_results_bad_side_is_invalid_others_score(text_rm):
         Pair(prompt="q", response_a="fine", response_b=[image_part(image_uri(28, 28, 0))]),
         Pair(prompt="q", response_a="fine", response_b="also fine"),
     ]
-    res = rm.compare_results(pairs)
+    res = rm.compare(pairs)
     assert not res[0].ok and res[0].error_kind == "unsupported_input" and "response_b" in res[0].invalid
     assert res[1].ok and 0 < res[1].value < 1
     # compare() raises the typed error (a service maps its kind to a 4xx), not a generic one
     with pytest.raises(UnsupportedInput) as ei:
-        rm.compare(pairs)
+        rm.probabilities(pairs)
     assert ei.value.field == "response.content[0]"
 
 
-def test_score_group_raw_and_normalized(text_rm):
+def test_rank_raw_and_normalized(text_rm):
     rm, _ = text_rm
     prompt = "Which digit is it?"
     responses = ["The digit is 3.", "three", {"role": "assistant", "content": "It is 8."}, [text_part("no idea")]]
-    g = rm.score_group(prompt, responses)
+    g, one = rm.rank([Group(prompt=prompt, responses=responses), Group(prompt=prompt, responses=["only"])])
     samples = [Sample(prompt=prompt, response=r) for r in responses]
-    assert g.raw == pytest.approx(rm.score(samples), abs=ATOL)
-    mean, sd = statistics.fmean(g.raw), statistics.pstdev(g.raw)
+    assert g.values == pytest.approx(rm.rewards(samples), abs=ATOL)
+    mean, sd = statistics.fmean(g.values), statistics.pstdev(g.values)
     assert sd > 0
-    assert g.normalized == pytest.approx([(r - mean) / (sd + 1e-6) for r in g.raw], abs=1e-9)
+    assert g.normalized == pytest.approx([(r - mean) / (sd + 1e-6) for r in g.values], abs=1e-9)
     assert statistics.fmean(g.normalized) == pytest.approx(0.0, abs=1e-9)
-    one = rm.score_group(prompt, ["only"])
-    assert one.normalized == [0.0]
-    assert len(one.raw) == 1
+    assert one.normalized == [0.0] and len(one.results) == 1 and one.results[0].ok
+
+
+def test_compare_names_the_failing_side(text_rm):
+    rm, _ = text_rm
+    pair = Pair(prompt=[{"role": "user", "content": "q"}], response_a="fine", response_b=[text_part("x"), image_part(image_uri(28, 28, 0))])
+    [r] = rm.compare([pair])
+    assert not r.ok and r.field == "response_b.content[1]" and r.error_kind == "unsupported_input"
+    [r] = rm.compare([pair.swapped()])
+    assert not r.ok and r.field == "response_a.content[1]"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -382,10 +389,10 @@ def test_default_policy_refuses_too_long(text_rm):
     rm = RewardModel.from_pretrained(path, device="cpu", max_length=24)
     sample = Sample(prompt=LONG_PROMPT, response=RESPONSE)
     with pytest.raises(InputTooLong) as ei:
-        rm.score([sample])
+        rm.rewards([sample])
     assert ei.value.field == "messages"
     assert ei.value.limit == 24
-    res = rm.score_results([sample, Sample(prompt="hi", response="ok")])
+    res = rm.score([sample, Sample(prompt="hi", response="ok")])
     assert not res[0].ok and res[0].error_kind == "input_too_long"
     assert res[1].ok
 
@@ -411,7 +418,7 @@ def test_left_truncation_keeps_response_and_matches_manual_cut(text_rm):
     assert enc.input_ids[-len(response_ids):].tolist() == response_ids
     body = tf.AutoModelForCausalLM.from_pretrained(str(path)).model.eval()
     expected = reference_reward(body, rm.head, {"input_ids": cut, "attention_mask": torch.ones_like(cut)})
-    assert rm.score([sample])[0] == pytest.approx(expected, abs=ATOL)
+    assert rm.rewards([sample])[0] == pytest.approx(expected, abs=ATOL)
     # a short sample in the same model is not touched
     assert rm.encode(Sample(prompt="hi", response="ok")).length < max_len
 
@@ -421,7 +428,7 @@ def test_left_truncation_response_alone_too_long_refused(text_rm):
     rm = RewardModel.from_pretrained(path, device="cpu", max_length=24, truncation="left")
     sample = Sample(prompt="hi", response=LONG_PROMPT)
     with pytest.raises(InputTooLong) as ei:
-        rm.score([sample])
+        rm.rewards([sample])
     assert ei.value.field == "response"
     assert ei.value.limit == 24
 
@@ -433,10 +440,10 @@ def test_left_truncation_never_cuts_an_image(vl):
     n = base.encode(sample).length
     rm = RewardModel.from_pretrained(path, device="cpu", max_length=n - 6, truncation="left")
     with pytest.raises(InputTooLong) as ei:
-        rm.score([sample])
+        rm.rewards([sample])
     assert ei.value.field == "messages"
     assert ei.value.limit == n - 6
-    res = rm.score_results([sample, Sample(prompt="hi", response="ok")])
+    res = rm.score([sample, Sample(prompt="hi", response="ok")])
     assert not res[0].ok and res[0].error_kind == "input_too_long" and res[1].ok
 
 
@@ -461,7 +468,7 @@ def test_left_truncation_before_an_image_keeps_its_pixels(vl):
         cut[k] = inputs[k][:, 20:]
     model = tf.AutoModelForImageTextToText.from_pretrained(str(path)).eval()
     expected = reference_reward(model.model, rm.head, cut)
-    assert rm.score([sample])[0] == pytest.approx(expected, abs=ATOL)
+    assert rm.rewards([sample])[0] == pytest.approx(expected, abs=ATOL)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -472,14 +479,14 @@ def test_text_only_backbone_refuses_images_with_field(text_rm):
     rm, _ = text_rm
     in_prompt = Sample(prompt=[{"role": "user", "content": [text_part("look:"), image_part(image_uri(28, 28, 1))]}], response="ok")
     with pytest.raises(UnsupportedInput) as ei:
-        rm.score([in_prompt])
+        rm.rewards([in_prompt])
     assert ei.value.field == "prompt[0].content[1]"
     in_response = Sample(
         prompt=[{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
         response=[text_part("here"), video_part([image_uri(28, 28, 2)])],
     )
     with pytest.raises(UnsupportedInput) as ei:
-        rm.score([in_response])
+        rm.rewards([in_response])
     assert ei.value.field == "response.content[1]"
 
 
@@ -488,25 +495,88 @@ def test_failed_item_never_fails_its_batch(text_rm):
     bad = Sample(prompt=[{"role": "user", "content": [image_part(image_uri(28, 28, 1)), text_part("q")]}], response="ok")
     items = [TEXT_SAMPLES[0], bad, TEXT_SAMPLES[1], TEXT_SAMPLES[2]]
     before = rm.forward_calls
-    res = rm.score_results(items)
+    res = rm.score(items)
     assert rm.forward_calls - before == 1  # the good items still share one forward
     assert [r.ok for r in res] == [True, False, True, True]
     assert res[1].value is None and res[1].error_kind == "unsupported_input"
     assert "prompt[0].content[0]" in res[1].invalid
-    alone = rm.score(TEXT_SAMPLES)
+    alone = rm.rewards(TEXT_SAMPLES)
     assert [res[0].value, res[2].value, res[3].value] == pytest.approx(alone, abs=ATOL)
 
 
 def test_bad_media_is_an_invalid_item(vl, mixed_samples):
     rm, _ = vl["qwen2_5_vl"]
     corrupt = Sample(prompt=[{"role": "user", "content": [image_part("data:image/png;base64,aGVsbG8gd29ybGQ="), text_part("q")]}], response="ok")
-    res = rm.score_results([mixed_samples[1], corrupt, mixed_samples[0]])
+    res = rm.score([mixed_samples[1], corrupt, mixed_samples[0]])
     assert [r.ok for r in res] == [True, False, True]
     assert res[1].error_kind == MediaError.kind or res[1].error_kind.startswith("invalid")
-    assert [res[0].value, res[2].value] == pytest.approx(rm.score([mixed_samples[1], mixed_samples[0]]), abs=ATOL)
+    assert [res[0].value, res[2].value] == pytest.approx(rm.rewards([mixed_samples[1], mixed_samples[0]]), abs=ATOL)
     with pytest.raises(MediaError) as ei:
-        rm.score([corrupt])
+        rm.rewards([corrupt])
     assert ei.value.field.startswith("prompt[0].content[0]")
+
+
+def _user(*parts):
+    return [{"role": "user", "content": list(parts)}]
+
+
+def test_mixed_failure_batch_each_bad_item_invalid_each_good_item_as_alone(vl, text_rm):
+    """One batch with every kind of item failure: each bad item is its own invalid result naming
+    its kind, field and limit; each good item scores exactly what it scores alone."""
+    _, path = vl["qwen2_vl"]
+    rm = RewardModel.from_pretrained(path, device="cpu", max_length=120)
+    good = [Sample(prompt=_user(image_part(image_uri(56, 56, 1)), text_part("Which digit?")), response="The digit is 6."),
+            Sample(prompt="Describe the weather.", response="Sunny and warm."),
+            Sample(prompt=_user(text_part("What is the weather like?")), response="Rain, all day long.")]
+    bad = {  # name -> (sample, error_kind, field, limit)
+        "too_long": (Sample(prompt="word " * 200, response="ok"), "input_too_long", "messages", 120),
+        "broken_image": (Sample(prompt=_user(image_part("data:image/png;base64," + "QUJD" * 40), text_part("q")), response="a"),
+                         "invalid_media", "prompt[0].content[0].image_url", None),
+        "refused_path": (Sample(prompt=_user(image_part("/etc/hostname"), text_part("q")), response="a"),
+                         "media_forbidden", "prompt[0].content[0].image_url", None),
+        "placeholder": (Sample(prompt=_user(text_part("look <|image_pad|> here")), response="fine"),
+                        "unsupported_input", "prompt[0].content[0].text", "no media placeholder tokens in text"),
+        "surrogate": (Sample(prompt="bad \ud800 text", response="fine"), "invalid_input", "prompt[0].content",
+                      "UTF-8 encodable text"),
+    }
+    items = [good[0], *(b[0] for b in list(bad.values())[:3]), good[1], *(b[0] for b in list(bad.values())[3:]), good[2]]
+    res = rm.score(items)
+    assert len(res) == len(items)
+    by_item = dict(zip(map(id, items), res))
+    for s in good:
+        r = by_item[id(s)]
+        assert r.ok and r.value == pytest.approx(rm.rewards([s])[0], abs=ATOL)  # independent: scored alone
+    for name, (s, kind, field, limit) in bad.items():
+        r = by_item[id(s)]
+        assert not r.ok and r.value is None, name
+        assert (r.error_kind, r.field) == (kind, field), (name, r.error_kind, r.field, r.invalid)
+        if limit is not None:
+            assert r.limit == limit, (name, r.limit)
+        with pytest.raises(MmrmError):
+            r.raise_for_invalid()
+    # the text-only backbone refuses an image the same way, beside items it scores
+    trm, _ = text_rm
+    text_good = [Sample(prompt="hi", response="ok"), Sample(prompt="2+2?", response="4")]
+    image = Sample(prompt=_user(text_part("look:"), image_part(image_uri(28, 28, 1))), response="ok")
+    res = trm.score([text_good[0], image, bad["surrogate"][0], text_good[1]])
+    assert (res[1].error_kind, res[1].field) == ("unsupported_input", "prompt[0].content[1]")
+    assert (res[2].error_kind, res[2].field) == ("invalid_input", "prompt[0].content")
+    assert [res[0].value, res[3].value] == pytest.approx([trm.rewards([s])[0] for s in text_good], abs=ATOL)
+
+
+def test_every_engine_is_a_scorer_with_one_result_per_item_in_order(vl, text_rm):
+    from mmrm.rm.scorer import GroupResult, Scorer
+
+    rm, _ = vl["qwen2_vl"]
+    assert isinstance(rm, Scorer) and isinstance(text_rm[0], Scorer)
+    samples = [Sample(prompt="q", response=r) for r in ("one", "two", "three")]
+    res = rm.score(samples)
+    assert [r.value for r in res] == pytest.approx([rm.rewards([s])[0] for s in samples], abs=ATOL)  # order kept
+    assert len(rm.compare([Pair(prompt="q", response_a="a", response_b="b")] * 2)) == 2
+    groups = rm.rank([Group(prompt="q", responses=["a", "b", "c"]), Group(prompt="r", responses=["d"])])
+    assert all(isinstance(g, GroupResult) for g in groups) and [len(g.results) for g in groups] == [3, 1]
+    # references are accepted (and ignored: a reward model reads none)
+    assert [r.value for r in rm.score(samples, references=["x", None, "y"])] == [r.value for r in res]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -523,7 +593,7 @@ def test_save_load_roundtrip(vl, mixed_samples, tmp_path, arch):
     assert (path / ckpt.HEAD_NAME).exists()
     # resave the loaded model and load it again: same scores
     again = RewardModel.from_pretrained(rm.save_pretrained(tmp_path / "again"), device="cpu")
-    assert np.abs(np.array(again.score(mixed_samples)) - np.array(rm.score(mixed_samples))).max() <= 1e-6
+    assert np.abs(np.array(again.rewards(mixed_samples)) - np.array(rm.rewards(mixed_samples))).max() <= 1e-6
     assert again.fingerprint == rm.fingerprint  # same content, same hash, wherever it lies
 
 
@@ -537,7 +607,7 @@ def test_fingerprint_changes_when_head_changes(text_rm, tmp_path):
     rm.save_pretrained(tmp_path / "changed")
     assert rm.fingerprint == ckpt.fingerprint(tmp_path / "changed")
     assert rm.fingerprint != fp0
-    assert all(r.provenance.fingerprint == rm.fingerprint for r in rm.score_results(TEXT_SAMPLES[:1]))
+    assert all(r.provenance.fingerprint == rm.fingerprint for r in rm.score(TEXT_SAMPLES[:1]))
 
 
 def test_linear_head_saved_and_loaded(text_rm, tmp_path):
@@ -561,7 +631,7 @@ def test_lora_merged_and_adapter_checkpoints(vl, text_rm, tmp_path, arch):
     samples = list(TEXT_SAMPLES)
     if arch != "qwen2":
         samples.append(make_sample(MIXED[1]))
-    base_scores = rm.score(samples)
+    base_scores = rm.rewards(samples)
     rm.backbone = get_peft_model(rm.backbone, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     g = torch.Generator().manual_seed(0)
     n_b = 0
@@ -572,12 +642,12 @@ def test_lora_merged_and_adapter_checkpoints(vl, text_rm, tmp_path, arch):
                 n_b += 1
     assert n_b > 0
     rm.eval()
-    lora_scores = rm.score(samples)
+    lora_scores = rm.rewards(samples)
     assert np.abs(np.array(lora_scores) - np.array(base_scores)).max() > 1e-3  # the adapter matters
 
     merged = rm.save_pretrained(tmp_path / "merged", merge_lora=True)
     assert isinstance(rm.backbone, PeftModel)  # saving merged keeps the in-memory adapter
-    assert rm.score(samples) == pytest.approx(lora_scores, abs=ATOL)
+    assert rm.rewards(samples) == pytest.approx(lora_scores, abs=ATOL)
     adapter = rm.save_pretrained(tmp_path / "adapter", merge_lora=False)
 
     assert json.loads((merged / ckpt.CONFIG_NAME).read_text())["lora"] == "merged"
@@ -585,7 +655,7 @@ def test_lora_merged_and_adapter_checkpoints(vl, text_rm, tmp_path, arch):
     assert (adapter / ckpt.ADAPTER_DIR / "adapter_config.json").exists()
     for d in (merged, adapter):
         loaded = RewardModel.from_pretrained(d, device="cpu")
-        assert loaded.score(samples) == pytest.approx(lora_scores, abs=ATOL), d.name
+        assert loaded.rewards(samples) == pytest.approx(lora_scores, abs=ATOL), d.name
     # the merged backbone is an ordinary checkpoint without LoRA weights
     from safetensors.torch import load_file
 
@@ -613,7 +683,7 @@ def test_sequence_classification_checkpoint(tiny_qwen2, tmp_path):
     model, tok = _seq_cls_checkpoint(tiny_qwen2, tmp_path / "seqcls", 1)
     rm = RewardModel.from_pretrained(tmp_path / "seqcls", device="cpu")
     assert rm.config.source == "sequence_classification"
-    got = rm.score(TEXT_SAMPLES)
+    got = rm.rewards(TEXT_SAMPLES)
     for s, v in zip(TEXT_SAMPLES, got):
         msgs = [{"role": m.role, "content": m.content} for m in s.messages]
         ids = tok(tok.apply_chat_template(msgs, tokenize=False).rstrip(), return_tensors="pt", add_special_tokens=False)
@@ -630,7 +700,7 @@ def test_sequence_classification_checkpoint_converts_to_mmrm_format(tiny_qwen2, 
     cfg = json.loads((out / ckpt.CONFIG_NAME).read_text())
     assert cfg["head"]["type"] == "linear" and cfg["source"] == "mmrm"
     again = RewardModel.from_pretrained(out, device="cpu")
-    assert again.score(TEXT_SAMPLES) == pytest.approx(rm.score(TEXT_SAMPLES), abs=1e-6)
+    assert again.rewards(TEXT_SAMPLES) == pytest.approx(rm.rewards(TEXT_SAMPLES), abs=1e-6)
 
 
 def test_sequence_classification_two_labels_refused(tiny_qwen2, tmp_path):
@@ -647,8 +717,8 @@ def test_sequence_classification_two_labels_refused(tiny_qwen2, tmp_path):
 def test_provenance_in_every_result(vl, text_rm, mixed_samples):
     rm, path = vl["qwen2_vl"]
     bad = Sample(prompt=[{"role": "user", "content": [image_part("data:image/png;base64,aGVsbG8="), text_part("q")]}], response="x")
-    results = rm.score_results([*mixed_samples[:2], bad])
-    results += rm.compare_results([Pair(prompt="q", response_a="a", response_b="b")])
+    results = rm.score([*mixed_samples[:2], bad])
+    results += rm.compare([Pair(prompt="q", response_a="a", response_b="b")])
     assert len(results) == 4
     for r in results:
         p = r.provenance
@@ -669,12 +739,12 @@ def test_provenance_in_every_result(vl, text_rm, mixed_samples):
 @pytest.mark.parametrize("arch", VL_ARCHS)
 def test_gpu_bf16_close_to_cpu_fp32(vl, mixed_samples, arch):
     rm_cpu, path = vl[arch]
-    cpu = rm_cpu.score(mixed_samples)
+    cpu = rm_cpu.rewards(mixed_samples)
     rm_gpu = RewardModel.from_pretrained(path, device="cuda", dtype="bfloat16")
     assert all(p.device.type == "cuda" and p.dtype == torch.float32 for p in rm_gpu.head.parameters())
     assert all(p.device.type == "cuda" and p.dtype == torch.bfloat16 for p in rm_gpu.backbone.parameters())
     before = rm_gpu.forward_calls
-    gpu = rm_gpu.score(mixed_samples)
+    gpu = rm_gpu.rewards(mixed_samples)
     assert rm_gpu.forward_calls - before == 1
     assert all(type(v) is float for v in gpu)
     assert np.allclose(gpu, cpu, atol=0.05), (gpu, cpu)

@@ -134,7 +134,7 @@ def test_lora_training_changes_only_adapters_and_head(tiny_qwen2_vl: Path, digit
     reloaded = RewardModel.from_pretrained(result.checkpoint, device="cpu", media_policy=rm.encoder.media.policy)
     pairs = [p.pair for p in load_pairs(digits_small[1])[:4]]
     rm.eval()
-    assert reloaded.compare(pairs) == pytest.approx(rm.compare(pairs), abs=1e-5)
+    assert reloaded.probabilities(pairs) == pytest.approx(rm.probabilities(pairs), abs=1e-5)
 
 
 @pytest.mark.slow
@@ -168,9 +168,9 @@ def test_ray_train_two_workers_matches_one(ray_cluster, tiny_qwen2_vl: Path, dig
     policy = MediaPolicy(allowed_roots=[digits_small[0].parent])
     m1 = RewardModel.from_pretrained(tmp_path / "one", device="cpu", media_policy=policy)
     m2 = RewardModel.from_pretrained(tmp_path / "two", device="cpu", media_policy=policy)
-    s1 = m1.score([s for p in pairs for s in p.samples()])
-    s2 = m2.score([s for p in pairs for s in p.samples()])
-    base = RewardModel.from_backbone(tiny_qwen2_vl, seed=5, media_policy=policy).score([s for p in pairs for s in p.samples()])
+    s1 = m1.rewards([s for p in pairs for s in p.samples()])
+    s2 = m2.rewards([s for p in pairs for s in p.samples()])
+    base = RewardModel.from_backbone(tiny_qwen2_vl, seed=5, media_policy=policy).rewards([s for p in pairs for s in p.samples()])
     drift = max(abs(a - b) for a, b in zip(s1, s2))
     moved = max(abs(a - b) for a, b in zip(s1, base))
     print(f"ddp-vs-single drift {drift:.2e}, training moved rewards by {moved:.2e}")
@@ -216,6 +216,6 @@ def test_digits_trains_on_cuda_and_reloads_on_cpu(tiny_qwen2_vl: Path, tmp_path:
     assert result.eval_accuracy is not None and result.eval_accuracy >= 0.7, result.eval_accuracy
     policy = MediaPolicy(allowed_roots=[real[0].parent])
     pairs = [p.pair for p in load_pairs(real[1])[:8]]
-    on_gpu = RewardModel.from_pretrained(result.checkpoint, device="cuda", media_policy=policy).compare(pairs)
-    on_cpu = RewardModel.from_pretrained(result.checkpoint, device="cpu", media_policy=policy).compare(pairs)
+    on_gpu = RewardModel.from_pretrained(result.checkpoint, device="cuda", media_policy=policy).probabilities(pairs)
+    on_cpu = RewardModel.from_pretrained(result.checkpoint, device="cpu", media_policy=policy).probabilities(pairs)
     assert max(abs(a - b) for a, b in zip(on_gpu, on_cpu)) < 1e-3  # fp32 on both; kernels differ slightly

@@ -15,7 +15,8 @@ import pytest
 from helpers import image_part, image_uri, text_part
 from mmrm.rm.errors import ConfigError, UnsupportedInput
 from mmrm.rm.reward_model import RewardModel
-from mmrm.rm.types import Pair, Sample
+from mmrm.rm.scorer import Scorer
+from mmrm.rm.types import Group, Pair, Sample
 from mmrm.rm.vllm_engine import MMRM_FILES, POOLER_CONFIG, VLLMRewardModel, backbone_view
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
@@ -65,11 +66,11 @@ def test_backbone_view_holds_only_the_backbone(text_checkpoint: Path, tmp_path: 
 def test_vllm_engine_scores_equal_hf_engine(engines) -> None:
     hf, vl = engines
     samples = [Sample(prompt=PROMPT, response=r) for r in RESPONSES]
-    want = hf.score(samples)
-    got = vl.score(samples)
+    want = hf.rewards(samples)
+    got = vl.rewards(samples)
     assert got == pytest.approx(want, abs=ATOL)
     assert len(set(round(x, 4) for x in want)) == len(want)  # distinct rewards: a real comparison
-    res = vl.score_results(samples[:1])[0]
+    res = vl.score(samples[:1])[0]
     assert res.provenance.engine == "vllm" and res.provenance.fingerprint == hf.fingerprint
 
 
@@ -77,19 +78,21 @@ def test_vllm_engine_pairs_groups_and_batches(engines) -> None:
     hf, vl = engines
     pairs = [Pair(prompt=PROMPT, response_a=RESPONSES[0], response_b=RESPONSES[2]),
              Pair(prompt="Say hi", response_a="hi", response_b="Hello there, friend!")]
-    ra = hf.score([Sample(prompt=p.prompt, response=p.response_a) for p in pairs])
-    rb = hf.score([Sample(prompt=p.prompt, response=p.response_b) for p in pairs])
+    ra = hf.rewards([Sample(prompt=p.prompt, response=p.response_a) for p in pairs])
+    rb = hf.rewards([Sample(prompt=p.prompt, response=p.response_b) for p in pairs])
     want = [1 / (1 + math.exp(b - a)) for a, b in zip(ra, rb)]
-    assert vl.compare(pairs) == pytest.approx(want, abs=ATOL)
-    assert vl.score_group(PROMPT, RESPONSES).raw == pytest.approx(hf.score_group(PROMPT, RESPONSES).raw, abs=ATOL)
+    assert vl.probabilities(pairs) == pytest.approx(want, abs=ATOL)
+    [gv], [gh] = vl.rank([Group(prompt=PROMPT, responses=RESPONSES)]), hf.rank([Group(prompt=PROMPT, responses=RESPONSES)])
+    assert gv.values == pytest.approx(gh.values, abs=ATOL)
+    assert isinstance(vl, Scorer) and len(vl.compare(pairs)) == len(pairs)  # the same contract as the hf engine
     vl.max_batch_size = 3  # several requests to the server for one call
     try:
         before = vl.forward_calls
-        got = vl.score([Sample(prompt=PROMPT, response=r) for r in RESPONSES * 2])
+        got = vl.rewards([Sample(prompt=PROMPT, response=r) for r in RESPONSES * 2])
         assert vl.forward_calls - before == 3
     finally:
         vl.max_batch_size = 32
-    assert got == pytest.approx(hf.score([Sample(prompt=PROMPT, response=r) for r in RESPONSES * 2]), abs=ATOL)
+    assert got == pytest.approx(hf.rewards([Sample(prompt=PROMPT, response=r) for r in RESPONSES * 2]), abs=ATOL)
 
 
 def test_vllm_engine_refuses_images_by_field(engines) -> None:
@@ -98,7 +101,7 @@ def test_vllm_engine_refuses_images_by_field(engines) -> None:
     with pytest.raises(UnsupportedInput) as e:
         vl.encode(s)
     assert e.value.field and e.value.field.startswith("prompt")  # the encoder names the image part
-    res = vl.score_results([s, Sample(prompt="hi", response="hello")])
+    res = vl.score([s, Sample(prompt="hi", response="hello")])
     assert res[0].invalid is not None and res[0].error_kind == "unsupported_input"
     assert res[1].ok
 
@@ -110,7 +113,7 @@ def test_vllm_engine_server_down_fails_items_not_the_caller(text_checkpoint: Pat
     vl = VLLMRewardModel.from_server(text_checkpoint, base_url=f"http://127.0.0.1:{free_port()}/v1",
                                      served_model="tiny-rm", timeout_s=5)
     try:
-        res = vl.score_results([Sample(prompt="hi", response="hello"), Sample(prompt="a", response="b")])
+        res = vl.score([Sample(prompt="hi", response="hello"), Sample(prompt="a", response="b")])
     finally:
         vl.close()
     assert all(r.invalid is not None and r.error_kind == "backend_error" for r in res)
@@ -168,7 +171,7 @@ def test_server_context_limit_is_the_engines_limit(engines) -> None:
                              vl.encode(Sample(prompt=PROMPT, response=RESPONSES[1]))])
     finally:
         vl.encoder.max_length = 2048
-    want = hf.score([Sample(prompt=PROMPT, response=r) for r in RESPONSES[:2]])
+    want = hf.rewards([Sample(prompt=PROMPT, response=r) for r in RESPONSES[:2]])
     assert [res[0], res[2]] == pytest.approx(want, abs=ATOL)
     assert getattr(res[1], "kind", None) == "backend_error" and "2048" in str(res[1])
 
@@ -193,7 +196,7 @@ def test_vllm_engine_behind_the_service(service: dict, pooling_server, text_chec
         r = httpx.post(url + "/v1/score", json={"model": "text-rm", "items": items}, timeout=120)
         assert r.status_code == 200, r.text
         got = [d["value"] for d in r.json()["data"]]
-        assert got == pytest.approx(hf.score([Sample.model_validate(i) for i in items]), abs=ATOL)
+        assert got == pytest.approx(hf.rewards([Sample.model_validate(i) for i in items]), abs=ATOL)
         assert r.json()["data"][0]["provenance"]["engine"] == "vllm"
         img = {"prompt": [{"role": "user", "content": [image_part(image_uri(28, 28, 2)), text_part("digit?")]}], "response": "3"}
         bad = httpx.post(url + "/v1/score", json={"model": "text-rm", "items": [items[0], img]}, timeout=120)
