@@ -104,7 +104,7 @@ class Usage(BaseModel):
 
 
 class _Envelope(BaseModel):
-    id: str = Field(description="Response id; carries the caller's X-Request-Id when one was sent.")
+    id: str = Field(description="Response id: '<route>-<X-Request-Id>' (the caller's request id when one was sent).")
     object: str = Field(description="What the response holds.")
     created: int = Field(default_factory=lambda: int(time.time()), description="Unix time of the response.")
     model: str = Field(description="The model or judge that scored.")
@@ -157,7 +157,6 @@ class ErrorResponse(BaseModel):
 
 
 def new_id(prefix: str, request_id: str | None = None) -> str:
-    """A response id: the caller's request id when given (vLLM does the same), else a fresh one."""
-    if request_id:
-        return request_id
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+    """A response id ``<prefix>-<request id>``: the caller's X-Request-Id when given (vLLM's servers
+    build theirs the same way), else a fresh one."""
+    return f"{prefix}-{request_id or uuid.uuid4().hex[:24]}"

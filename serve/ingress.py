@@ -122,9 +122,9 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
     @app.middleware("http")
     async def gate(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         nonlocal inflight
-        caller = (request.headers.get("x-request-id") or "")[:128] or None
-        rid = caller or uuid.uuid4().hex
-        request.state.request_id, request.state.caller_request_id = rid, caller
+        # Serve's proxy passes the caller's X-Request-Id through (or one it made up when none came).
+        rid = (request.headers.get("x-request-id") or "")[:128] or uuid.uuid4().hex
+        request.state.request_id = rid
         # Paths relative to the app's route prefix (Serve mounts an app under root_path).
         root = request.scope.get("root_path", "")
         path = request.url.path
@@ -247,7 +247,7 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
         return [ItemResult.of(i, r) for i, r in enumerate(results)]
 
     def caller_id(request: Request, prefix: str) -> str:
-        return new_id(prefix, request.state.caller_request_id)
+        return new_id(prefix, request.state.request_id)
 
     @app.post("/v1/score", response_model=ScoreResponse, responses=_ERRORS, summary="Pointwise rewards")
     async def score(req: ScoreRequest, request: Request) -> ScoreResponse:
@@ -356,7 +356,7 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
                                    [vllm_classify.item_field(req, i) for i in range(len(samples))],
                                    request.state.request_id)
             finish("/classify", model, res)
-            return vllm_classify.to_response(req, res, model=model, request_id=request.state.caller_request_id,
+            return vllm_classify.to_response(req, res, model=model, request_id=request.state.request_id,
                                              on_invalid=opts.on_invalid, fill_value=opts.fill_value,
                                              trace_id=request.state.request_id)
         except Exception as e:  # noqa: BLE001 - this route answers every error in vLLM's shape

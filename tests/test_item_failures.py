@@ -109,7 +109,7 @@ def test_score_mixed_batch_every_failure_kind(app: dict) -> None:
     r = post(app, "/v1/score", {"model": "vl", "items": items}, **{"X-Request-Id": "rl-step-7"})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["id"] == "rl-step-7"
+    assert body["id"] == "score-rl-step-7"
     assert body["usage"] == {"items": len(items), "invalid": len(bad)}
     data = body["data"]
     assert [d["index"] for d in data] == list(range(len(items)))

@@ -123,22 +123,31 @@ def _image(src: str) -> dict:
     return {"type": "image_url", "image_url": {"url": src}}
 
 
-def _score(app: dict, model: str, item: dict, timeout: float = 60) -> httpx.Response:
-    return httpx.post(app["url"] + "/v1/score", json={"model": model, "items": [item]}, headers=app["headers"],
+def _score(app: dict, model: str, item: dict, timeout: float = 60, **extra: object) -> httpx.Response:
+    return httpx.post(app["url"] + "/v1/score", json={"model": model, "items": [item], **extra}, headers=app["headers"],
                       timeout=timeout)
 
 
 def _assert_refused_then_serving(app: dict, model: str, item: dict, statuses: set[int], kinds: set[str],
                                  field_prefix: str = "items[0].prompt[0].content[0]") -> dict:
+    """The hostile item beside a good one: 200, the hostile item invalid (kind, field, limit), the
+    good one scored; with ``on_item_error: fail`` the request answers one of ``statuses``."""
+    good = _item(_image(_uri(GOOD)))
     t0 = time.monotonic()
-    r = _score(app, model, item)
-    assert r.status_code in statuses, (r.status_code, r.text[:500])
+    r = httpx.post(app["url"] + "/v1/score", json={"model": model, "items": [item, good]}, headers=app["headers"],
+                   timeout=60)
+    assert r.status_code == 200, (r.status_code, r.text[:500])
     assert time.monotonic() - t0 < 30
-    err = r.json()["error"]
+    bad, fine = r.json()["data"]
+    assert bad["value"] is None and fine["value"] is not None, r.text[:500]
+    err = {"kind": bad["error_kind"], "message": bad["invalid"], "field": bad["field"], "limit": bad["limit"]}
     assert err["kind"] in kinds, err
     assert err["message"] and err["field"] and err["field"].startswith(field_prefix), err
     assert err["limit"] is not None, err
-    ok = _score(app, model, _item(_image(_uri(GOOD))))
+    r = _score(app, model, item, on_item_error="fail")
+    assert r.status_code in statuses, (r.status_code, r.text[:500])
+    assert r.json()["error"]["kind"] == err["kind"] and r.json()["error"]["field"] == err["field"], r.text[:500]
+    ok = _score(app, model, good)
     assert ok.status_code == 200 and ok.json()["data"][0]["value"] is not None, ok.text[:500]
     return err
 

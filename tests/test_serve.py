@@ -52,7 +52,7 @@ def test_score_over_http_equals_in_process(service: dict, inproc) -> None:
     body = r.json()
     assert body["object"] == "score" and body["model"] == "tiny" and body["id"].startswith("score-")
     got = [d["value"] for d in body["data"]]
-    want = inproc.score([Sample.model_validate(s) for s in items])
+    want = inproc.rewards([Sample.model_validate(s) for s in items])
     assert np.max(np.abs(np.array(got) - np.array(want))) < 1e-5
     prov = body["data"][0]["provenance"]
     assert prov["fingerprint"] == inproc.fingerprint and prov["kind"] == "reward_model" and prov["dtype"] == "float32"
@@ -66,7 +66,7 @@ def test_compare_and_rank(service: dict, inproc) -> None:
     responses = ["The digit is 1.", "The digit is 7.", "The digit is 3, I think."]
     r = _post(service, "/v1/compare", {"model": "tiny", "pairs": [{"prompt": prompt, "response_a": responses[0], "response_b": responses[1]}]})
     assert r.status_code == 200, r.text
-    ra, rb = inproc.score([Sample(prompt=prompt, response=x) for x in responses[:2]])
+    ra, rb = inproc.rewards([Sample(prompt=prompt, response=x) for x in responses[:2]])
     assert r.json()["data"][0]["prob_a_wins"] == pytest.approx(1 / (1 + math.exp(-(ra - rb))), abs=1e-5)
     # two groups: each runs the replica's shared-prefix path; scores equal the plain path's
     groups = [{"prompt": prompt, "responses": responses},
@@ -75,7 +75,7 @@ def test_compare_and_rank(service: dict, inproc) -> None:
     assert r.status_code == 200, r.text
     for g_in, g in zip(groups, r.json()["data"]):
         raw = np.array([x["value"] for x in g["results"]])
-        want = inproc.score([Sample(prompt=g_in["prompt"], response=x) for x in g_in["responses"]])
+        want = inproc.rewards([Sample(prompt=g_in["prompt"], response=x) for x in g_in["responses"]])
         assert np.max(np.abs(raw - want)) < 1e-5
         expected = (np.array(want) - np.mean(want)) / (np.std(want) + 1e-6)  # population std, pinned formula
         assert np.max(np.abs(np.array(g["normalized"]) - expected)) < 1e-4
@@ -146,12 +146,19 @@ def test_metrics_protected_only_when_configured(service: dict) -> None:
 def test_validation_errors_name_the_item_and_the_limit(service: dict) -> None:
     good = _samples(1)[0]
     bad = {"prompt": _img_prompt("file:///etc/passwd"), "response": "x"}
+    # An item's media problem is that item's invalid result (200); with on_item_error=fail, a 422.
     r = _post(service, "/v1/score", {"model": "tiny", "items": [good, bad]})
+    assert r.status_code == 200, r.text
+    item = r.json()["data"][1]
+    assert item["field"] == "items[1].prompt[0].content[0].image_url" and item["error_kind"] == "media_forbidden"
+    assert r.json()["data"][0]["value"] is not None
+    r = _post(service, "/v1/score", {"model": "tiny", "items": [good, bad], "on_item_error": "fail"})
     assert r.status_code == 422, r.text
     err = r.json()["error"]
     assert err["field"] == "items[1].prompt[0].content[0].image_url" and err["kind"] == "media_forbidden"
     outside = {"prompt": _img_prompt("/etc/hostname"), "response": "x"}
-    r = _post(service, "/v1/compare", {"model": "tiny", "pairs": [{"prompt": outside["prompt"], "response_a": "a", "response_b": "b"}]})
+    r = _post(service, "/v1/compare", {"model": "tiny", "on_item_error": "fail",
+                                       "pairs": [{"prompt": outside["prompt"], "response_a": "a", "response_b": "b"}]})
     assert r.status_code == 422 and r.json()["error"]["field"].startswith("pairs[0].response_a.prompt[0]")
     assert r.json()["error"]["limit"] == [str(service["media_root"])]
     r = _post(service, "/v1/score", {"model": "tiny", "items": [{"prompt": "p", "response": {"role": "user", "content": "x"}}]})
@@ -172,8 +179,13 @@ def test_body_limit_413(service: dict) -> None:
     assert r.status_code == 413 and r.json()["error"]["limit"] == 4 * 1024 * 1024
 
 
-def test_over_long_input_is_422(service: dict) -> None:
-    r = _post(service, "/v1/score", {"model": "tiny", "items": [{"prompt": "word " * 5000, "response": "y"}]})
+def test_over_long_input_is_an_invalid_item(service: dict) -> None:
+    body = {"model": "tiny", "items": [{"prompt": "word " * 5000, "response": "y"}]}
+    r = _post(service, "/v1/score", body)
+    assert r.status_code == 200, r.text
+    item = r.json()["data"][0]
+    assert item["error_kind"] == "input_too_long" and item["limit"] == 4096 and item["value"] is None
+    r = _post(service, "/v1/score", {**body, "on_item_error": "fail"})
     assert r.status_code == 422, r.text
     assert r.json()["error"]["kind"] == "input_too_long" and r.json()["error"]["limit"] == 4096
 
@@ -247,7 +259,7 @@ def test_openrlhf_get_reward_exact_payload(service: dict, inproc) -> None:
     r = _post(service, "/get_reward", {"query": [query], "prompts": [CHATML_PROMPT], "labels": ["3"]})
     assert r.status_code == 200, r.text
     body = r.json()
-    want = inproc.score([Sample(prompt="Which digit is in the image?", response="The digit is 3.")])[0]
+    want = inproc.rewards([Sample(prompt="Which digit is in the image?", response="The digit is 3.")])[0]
     assert body["rewards"][0] == pytest.approx(want, abs=1e-5)
     assert body["scores"][0] == pytest.approx(1 / (1 + math.exp(-want)), abs=1e-6)
     assert isinstance(body["extra_logs"], dict)
@@ -257,7 +269,7 @@ def test_openrlhf_get_reward_exact_payload(service: dict, inproc) -> None:
     r = _post(service, "/get_reward", {"query": [prompt_img + "The digit is 3.<|im_end|>"], "prompts": [prompt_img],
                                        "labels": [None], "images": [[uri]]})
     assert r.status_code == 200, r.text
-    want_img = inproc.score([Sample(prompt=_img_prompt(uri), response="The digit is 3.")])[0]
+    want_img = inproc.rewards([Sample(prompt=_img_prompt(uri), response="The digit is 3.")])[0]
     assert r.json()["rewards"][0] == pytest.approx(want_img, abs=1e-5)
     assert abs(want_img - want) > 1e-4  # the image really changed the score
     # an empty shard (several reward URLs) answers empty lists
@@ -277,14 +289,14 @@ def test_vllm_classify_as_verl_sends_it(service: dict, inproc) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "list" and body["id"].startswith("classify-") and body["model"] == "tiny"
-    want = inproc.score([Sample(prompt="Which digit is in the image?", response="The digit is 5.")])[0]
+    want = inproc.rewards([Sample(prompt="Which digit is in the image?", response="The digit is 5.")])[0]
     assert body["data"][0]["probs"][-1] == pytest.approx(want, abs=1e-5) and body["data"][0]["num_classes"] == 1
     # the chat form may carry images (mmrm's extension of what verl sends)
     uri = png_data_uri(np.full((56, 56, 3), 10, dtype=np.uint8))
     msgs = _img_prompt(uri) + [{"role": "assistant", "content": "The digit is 5."}]
     r = _post(service, "/classify", {"model": "tiny", "messages": msgs, "use_activation": True})
     assert r.status_code == 200, r.text
-    want_img = inproc.score([Sample(prompt=_img_prompt(uri), response="The digit is 5.")])[0]
+    want_img = inproc.rewards([Sample(prompt=_img_prompt(uri), response="The digit is 5.")])[0]
     assert r.json()["data"][0]["probs"][0] == pytest.approx(1 / (1 + math.exp(-want_img)), abs=1e-6)
     r = _post(service, "/classify", {"model": "tiny", "input": 5})
     assert r.status_code == 422 and r.json()["error"]["field"] == "input"
