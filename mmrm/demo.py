@@ -54,6 +54,7 @@ def run_demo(workdir: Path, *, epochs: int = 5, limit: int | None = None, port: 
     say(f"[3/3] POST {addr['url']}/v1/compare with the held-out image {image} (mmrm.rm.client)")
     with Client(base_url=addr["url"], token=None) as client:
         res = client.compare([Pair(prompt=prompt, response_a=row["chosen"], response_b=row["rejected"])], model="digits")[0]
+    res.raise_for_invalid()  # the service answers per item: a pair it could not score says why here
     out = {
         "image": image,
         "chosen": row["chosen"],

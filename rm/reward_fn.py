@@ -610,4 +610,6 @@ class RewardFn:
         self.close()
 
     def __repr__(self) -> str:
-        return f"RewardFn({self.scorer!r}, shaping={self.shaping!r})"
+        # The scorer's class only: a torch module's repr is its whole layer tree, and a remote
+        # scorer's provenance would cost a request.
+        return f"RewardFn({self.name!r}, {type(self.scorer).__name__}, shaping={self.shaping!r})"
