@@ -14,6 +14,10 @@ fi
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 if [ "${1:-}" = "--dev" ]; then
   .venv/bin/python -m pip install -q -e ".[dev]"
+  # OpenRLHF's and verl's own client code for tests/test_rl_clients.py, without their dependencies
+  # (vLLM, DeepSpeed, ...), in a folder of its own: both wheels also ship top-level `tests` and
+  # `scripts` packages, which must not land in the venv's site-packages.
+  .venv/bin/python -m pip install -q --no-deps --upgrade --target .venv/rl-clients openrlhf==0.11.2 verl==0.9.1
   if [ -f tests/vllm_server.py ]; then
     .venv/bin/python tests/vllm_server.py install
   fi

@@ -20,6 +20,7 @@ bearer token, which is read in the ingress process at start-up.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -168,17 +169,43 @@ class Auth(_Strict):
     rate_limit: RateLimit | None = None
 
 
-class OpenRLHFCompat(_Strict):
-    """Options of the OpenRLHF ``/get_reward`` route (see :mod:`mmrm.serve.compat.openrlhf`)."""
+class _OnInvalid(_Strict):
+    """What a compat route answers for an item that cannot be scored (neither protocol has a
+    per-item error slot): ``error`` fails the request; ``fill`` answers ``fill_value`` for that item,
+    flags it where the protocol allows, logs it, and counts it in ``mmrm_errors_total``."""
+
+    on_invalid: Literal["error", "fill"] = Field(
+        default="error", description="error: a failed item fails its request; fill: it gets fill_value (flagged, logged).")
+    fill_value: float | None = Field(
+        default=None, description="The reward a failed item gets with on_invalid: fill (a finite number).")
+
+    @model_validator(mode="after")
+    def _fill(self) -> "_OnInvalid":
+        if self.on_invalid == "fill" and (self.fill_value is None or not math.isfinite(self.fill_value)):
+            raise ValueError(f"on_invalid: fill needs a finite fill_value (the reward a failed item gets, e.g. "
+                             f"fill_value: -1.0), got {self.fill_value!r}")
+        if self.on_invalid == "error" and self.fill_value is not None:
+            raise ValueError("fill_value is used only with on_invalid: fill; set on_invalid: fill or remove fill_value")
+        return self
+
+
+class OpenRLHFCompat(_OnInvalid):
+    """Options of the OpenRLHF ``/get_reward`` route (see :mod:`mmrm.serve.compat.openrlhf`).
+    Recommended for OpenRLHF: ``on_invalid: fill`` (with ``error``, one failed rollout fails the
+    training step; the ingress warns at start-up)."""
 
     model: str | None = Field(default=None, description="Model that scores /get_reward (default: the first).")
     scores: Literal["sigmoid", "reward"] = "sigmoid"
-    on_invalid: Literal["error", "fill"] = "error"
-    fill_value: float | None = None
+
+
+class ClassifyCompat(_OnInvalid):
+    """Options of the vLLM-shaped ``/classify`` route (see :mod:`mmrm.serve.compat.vllm_classify`).
+    Recommended for verl's reward-model path: ``on_invalid: fill`` (verl does not retry a 4xx)."""
 
 
 class Compat(_Strict):
     openrlhf: OpenRLHFCompat = Field(default_factory=OpenRLHFCompat)
+    classify: ClassifyCompat = Field(default_factory=ClassifyCompat)
     classify_default_model: str | None = Field(
         default=None,
         description="Model used by /classify when the body names none or a name that is not served (verl sends "

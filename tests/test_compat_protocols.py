@@ -1,8 +1,11 @@
 """Compatibility protocols: the payloads OpenRLHF and verl actually send, into Samples and back.
 
-The request shapes are copied from the callers' source (see each module's docstring for the repo,
-file and commit): OpenRLHF's ``SingleTurnAgentExecutor._fetch_rewards_via_http`` and verl's
-``RewardLoopWorker.compute_score_disrm``. The rendered texts are what the named chat templates
+The request shapes are copied from the callers' source (see each module's docstring for the release,
+file and function): OpenRLHF 0.11.2's ``SingleTurnAgentExecutor._fetch_rewards_via_http`` and verl
+0.9.1's ``RewardLoopWorker.compute_score_disrm``; error bodies follow vLLM 0.32.0's ``ErrorResponse``.
+Per-item failures: a query the route cannot convert is that item's error (the others still score);
+``on_invalid`` decides whether a failed item fails the request or gets ``fill_value``.
+(tests/test_rl_clients.py drives the same routes over HTTP with the frameworks' own client code.) The rendered texts are what the named chat templates
 produce (Qwen2.5 ChatML with its default system prompt, Qwen2.5-VL with an expanded image, Llama-3.1
 with its date header, Qwen3 with thinking disabled).
 """
@@ -11,14 +14,16 @@ from __future__ import annotations
 
 import doctest
 import json
+import logging
 import math
 import subprocess
 import sys
 
+import pydantic
 import pytest
 
 import mmrm.serve.compat as compat
-from mmrm.rm.errors import BackendError, InputTooLong, InvalidInput, MediaError, UnsupportedInput
+from mmrm.rm.errors import BackendError, InputTooLong, InvalidInput, MediaError, MmrmError, UnsupportedInput
 from mmrm.rm.types import ImagePart, Provenance, Sample, ScoreResult, TextPart, VideoPart
 from mmrm.serve.compat import openrlhf, vllm_classify
 from mmrm.serve.compat.openrlhf import RewardRequest, split_query
@@ -52,6 +57,13 @@ def bad(err: Exception) -> ScoreResult:
 
 def roles_and_text(s: Sample) -> list[tuple[str, str]]:
     return [(m.role, m.text) for m in s.messages]
+
+
+def first_error(items: list) -> MmrmError:
+    """The first item a route could not convert (conversion errors are items, not exceptions)."""
+    errors = [x for x in items if isinstance(x, MmrmError)]
+    assert errors, f"every item converted: {items}"
+    return errors[0]
 
 
 # ==================================================================================================
@@ -123,9 +135,9 @@ def test_openrlhf_without_prompts_reads_the_query():
     body = {"query": [QWEN_PROMPT + "4<|im_end|>\n"]}  # serve_rm.py's server reads only "query"
     (s,) = openrlhf.to_samples(RewardRequest.model_validate(body))
     assert roles_and_text(s)[-2:] == [("user", "What is 2+2?"), ("assistant", "4")]
-    with pytest.raises(InvalidInput) as ei:
-        openrlhf.to_samples(RewardRequest.model_validate({"query": [QWEN_PROMPT + "4<|im_end|>", "plain text"]}))
-    assert ei.value.field == "query[1]"
+    good, bad = openrlhf.to_samples(RewardRequest.model_validate({"query": [QWEN_PROMPT + "4<|im_end|>", "plain text"]}))
+    assert isinstance(good, Sample)  # the readable query still converts
+    assert isinstance(bad, InvalidInput) and bad.field == "query[1]"
 
 
 def test_openrlhf_empty_shard():
@@ -159,9 +171,14 @@ def test_split_query():
     ],
 )
 def test_openrlhf_validation_errors_name_the_field(body, error, field):
-    with pytest.raises(error) as ei:
-        openrlhf.to_samples(RewardRequest.model_validate(body))
-    assert ei.value.field == field, ei.value
+    # Lists that are not parallel are the request's fault (raised); anything about one query is that
+    # query's own error item.
+    try:
+        err = first_error(openrlhf.to_samples(RewardRequest.model_validate(body)))
+    except MmrmError as e:
+        err = e
+        assert field in ("prompts", "labels", "images"), f"{field} should be an item error, not raised"
+    assert type(err) is error and err.field == field, err
 
 
 def test_openrlhf_schema_errors_and_unknown_fields():
@@ -193,15 +210,20 @@ def test_openrlhf_response_is_what_openrlhf_can_tensorize():
         torch.tensor([v])
 
 
-def test_openrlhf_failures_fail_the_request_input_errors_first():
-    with pytest.raises(InvalidInput) as ei:
-        openrlhf.to_response([ok(1.0), bad(BackendError("replica died")),
-                              bad(MediaError("cannot decode image", field="prompt[0].content[0]"))])
-    assert ei.value.field == "query[2].prompt[0].content[0]"
+def test_openrlhf_failures_fail_the_request_input_errors_first(caplog):
+    # Results name their own field path (the scoring pipeline prefixes it with the route's item name).
+    media = bad(MediaError("cannot decode image", field="query[2].prompt[0].content[0].image_url", limit="PNG/JPEG"))
+    with caplog.at_level(logging.WARNING, logger="mmrm.serve.compat"), pytest.raises(InvalidInput) as ei:
+        openrlhf.to_response([ok(1.0), bad(BackendError("replica died")), media], request_id="req-7")
+    assert ei.value.field == "query[2].prompt[0].content[0].image_url" and ei.value.limit == "PNG/JPEG"
     assert "2 of 3 items failed" in ei.value.message
+    assert media._error.message == "cannot decode image"  # the result's own error is left as it was
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and all("req-7" in m and "the request fails" in m for m in lines)
+    assert "query[2].prompt[0].content[0].image_url" in lines[1] and "PNG/JPEG" in lines[1]
     with pytest.raises(BackendError) as ei2:
         openrlhf.to_response([ok(1.0), bad(BackendError("replica died"))])
-    assert ei2.value.field == "query[1]"
+    assert ei2.value.field == "query[1]"  # no field of its own: the item's name
 
 
 def test_failed_results_that_lost_their_exception_keep_their_kind():
@@ -213,15 +235,54 @@ def test_failed_results_that_lost_their_exception_keep_their_kind():
     nan = ScoreResult(value=float("nan"), provenance=PROV)
     with pytest.raises(BackendError, match="non-finite"):
         openrlhf.to_response([nan])
+    # ... and their field path and limit, as the replica sent them
+    wire = ScoreResult.model_validate(ScoreResult(value=None, invalid="too long", error_kind="input_too_long",
+                                                  field="query[0]", limit=200, provenance=PROV).model_dump(mode="json"))
+    with pytest.raises(InputTooLong) as ei2:
+        openrlhf.to_response([wire])
+    assert ei2.value.field == "query[0]" and ei2.value.limit == 200
 
 
-def test_openrlhf_fill_mode():
-    body = openrlhf.to_response([ok(1.0), bad(InvalidInput("bad image", field="prompt"))], on_invalid="fill", fill_value=0.0)
-    assert body["rewards"] == [1.0, 0.0]
-    assert body["extra_logs"] == {"mmrm_invalid": [0.0, 1.0]}
-    assert body["errors"] == [{"index": 1, "kind": "invalid_input", "message": "bad image", "field": "query[1].prompt"}]
+def test_openrlhf_fill_mode(caplog):
+    failed = bad(InputTooLong("sample is 900 tokens", field="query[1]", limit=200))
+    with caplog.at_level(logging.WARNING, logger="mmrm.serve.compat"):
+        body = openrlhf.to_response([ok(1.0), failed, ok(-2.0)], on_invalid="fill", fill_value=-3.0, request_id="r9")
+    assert body["rewards"] == [1.0, -3.0, -2.0]
+    assert body["scores"][1] == pytest.approx(1 / (1 + math.exp(3.0)))  # the fill value's score follows `scores`
+    assert body["extra_logs"] == {"mmrm_invalid": [0.0, 1.0, 0.0]}
+    assert body["errors"] == [{"index": 1, "kind": "input_too_long", "message": "sample is 900 tokens",
+                               "field": "query[1]", "limit": 200}]
+    (line,) = [r for r in caplog.records if r.name == "mmrm.serve.compat"]
+    assert line.levelno == logging.WARNING
+    assert all(x in line.getMessage() for x in ("r9", "/get_reward", "query[1]", "limit 200", "input_too_long", "-3.0"))
+    json.dumps(body, allow_nan=False)
     with pytest.raises(ValueError, match="fill_value"):
         openrlhf.to_response([ok(1.0)], on_invalid="fill")
+
+
+@pytest.mark.parametrize("module", [openrlhf, vllm_classify])
+def test_start_up_warning_only_with_the_error_policy(module, caplog):
+    with caplog.at_level(logging.WARNING, logger="mmrm.serve.compat"):
+        msg = module.warn_if_error_policy("error")
+        assert module.warn_if_error_policy("fill") is None
+    assert msg and "training step" in msg and "on_invalid: fill" in msg
+    assert [r.getMessage() for r in caplog.records] == [msg]
+
+
+@pytest.mark.parametrize("route", ["openrlhf", "classify"])
+def test_config_fill_needs_a_finite_fill_value(route):
+    from pydantic import ValidationError
+
+    from mmrm.serve.config import ServiceConfig
+
+    base = {"models": [{"name": "rm", "checkpoint": "/models/rm"}]}
+    cfg = ServiceConfig.model_validate({**base, "compat": {route: {"on_invalid": "fill", "fill_value": -1.0}}})
+    assert getattr(cfg.compat, route).fill_value == -1.0
+    for bad_opts in ({"on_invalid": "fill"}, {"on_invalid": "fill", "fill_value": float("nan")},
+                     {"on_invalid": "fill", "fill_value": float("-inf")}, {"fill_value": 0.0}):
+        with pytest.raises(ValidationError) as ei:
+            ServiceConfig.model_validate({**base, "compat": {route: bad_opts}})
+        assert f"compat.{route}" in str(ei.value) and "fill_value" in str(ei.value)
 
 
 # ==================================================================================================
@@ -315,9 +376,14 @@ def test_classify_chat_messages_with_media():
     ],
 )
 def test_classify_conversion_errors_name_the_field(body, error, field):
-    with pytest.raises(error) as ei:
-        vllm_classify.to_samples(parse_request(body))
-    assert ei.value.field == field, ei.value
+    # An input with no readable items (token ids, empty) is refused; anything about one conversation is
+    # that item's own error (it then follows on_invalid like a scoring failure).
+    try:
+        err = first_error(vllm_classify.to_samples(parse_request(body)))
+    except MmrmError as e:
+        err = e
+        assert body.get("input") in ([1, 2, 3], [[1, 2], [3]], []), f"{field} should be an item error, not raised"
+    assert type(err) is error and err.field == field, err
 
 
 @pytest.mark.parametrize(
@@ -341,17 +407,76 @@ def test_classify_request_validation_names_the_field(body, error, field):
     assert ei.value.field == field, ei.value
 
 
-def test_classify_failures_fail_the_request():
+def test_classify_failures_fail_the_request_by_default():
     req = parse_request({"model": "rm", "input": [QWEN_PROMPT + "4<|im_end|>", QWEN_PROMPT + "5<|im_end|>"]})
     with pytest.raises(BackendError) as ei:
         vllm_classify.to_response(req, [ok(1.0), bad(BackendError("oom"))], model="rm")
     assert ei.value.field == "input[1]"
     chat = parse_request({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]})
     with pytest.raises(InvalidInput) as ei2:
-        vllm_classify.to_response(chat, [bad(InvalidInput("too many pixels", field="prompt[0].content[0]"))], model="rm")
-    assert ei2.value.field == "messages.prompt[0].content[0]"
+        vllm_classify.to_response(chat, [bad(InvalidInput("too many pixels", field="messages.prompt[0].content[0]",
+                                                          limit=1024))], model="rm")
+    assert ei2.value.field == "messages.prompt[0].content[0]" and ei2.value.limit == 1024
     with pytest.raises(ValueError, match="expected 2 results"):
         vllm_classify.to_response(req, [ok(1.0)], model="rm")
+
+
+def test_classify_fill_mode_answers_a_number_verl_can_read(caplog):
+    req = parse_request(verl_payload("rm", QWEN_PROMPT + "4<|im_end|>\n", legacy=False))
+    too_long = bad(InputTooLong("sample is 900 tokens", field="input", limit=200))
+    with caplog.at_level(logging.WARNING, logger="mmrm.serve.compat"):
+        out = vllm_classify.to_response(req, [too_long], model="rm", on_invalid="fill", fill_value=-4.0, trace_id="t1")
+    assert verl_read_score(out) == -4.0  # use_activation false: the fill value itself
+    ClassificationResponse.model_validate(out)
+    assert out["data"][0]["error"] == {"kind": "input_too_long", "message": "sample is 900 tokens", "field": "input",
+                                       "limit": 200}
+    assert any("t1" in r.getMessage() and "limit 200" in r.getMessage() for r in caplog.records)
+    # with activation on, the fill value goes through the sigmoid like a reward; good items are unflagged
+    many = parse_request({"model": "rm", "input": [QWEN_PROMPT + "4<|im_end|>", QWEN_PROMPT + "5<|im_end|>"]})
+    out2 = vllm_classify.to_response(many, [ok(0.0), too_long], model="rm", on_invalid="fill", fill_value=-4.0)
+    assert out2["data"][0] == {"index": 0, "label": "reward", "probs": [0.5], "num_classes": 1}
+    assert out2["data"][1]["probs"] == [pytest.approx(1 / (1 + math.exp(4.0)))]
+    with pytest.raises(ValueError, match="fill_value"):
+        vllm_classify.to_response(many, [ok(0.0), too_long], model="rm", on_invalid="fill", fill_value=float("nan"))
+
+
+class VllmErrorInfo(pydantic.BaseModel):
+    """vLLM 0.32.0 ``vllm/entrypoints/serve/engine/protocol.py::ErrorInfo``, transcribed
+    (``OpenAIBaseModel``: extra keys allowed)."""
+
+    model_config = pydantic.ConfigDict(extra="allow")
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class VllmErrorResponse(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+    error: VllmErrorInfo
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "type_"),
+    [
+        (InvalidInput("input must be a string", field="input"), 422, "UnprocessableEntityError"),
+        (InputTooLong("too long", field="input[1]", limit=200), 422, "UnprocessableEntityError"),
+        (BackendError("oom", field="input[0]"), 502, "Bad Gateway"),
+        (MmrmError("no reward model is served", field="model"), 404, "NotFoundError"),
+        (MmrmError("busy"), 503, "ServiceUnavailableError"),
+        (MmrmError("slow"), 504, "Gateway Timeout"),
+    ],
+)
+def test_classify_error_body_is_vllms_error_response(exc, status, type_):
+    from mmrm.rm.protocol import ErrorResponse as MmrmErrorResponse
+
+    body = vllm_classify.error_body(exc, status)
+    v = VllmErrorResponse.model_validate(body)
+    assert (v.error.type, v.error.code, v.error.param, v.error.message) == (type_, status, exc.field, exc.message)
+    # mmrm's own reading of the same body still works (kind, field, limit)
+    m = MmrmErrorResponse.model_validate(body)
+    assert (m.error.kind, m.error.field, m.error.limit) == (exc.kind, exc.field, exc.limit)
+    json.dumps(body, allow_nan=False)
 
 
 def test_classify_unknown_fields_are_ignored_like_vllm():

@@ -9,13 +9,20 @@ Each module is pure pydantic + conversion functions; the service wires them to r
 Rules shared by both (and the reason for them):
 
 * Requests convert INTO :class:`~mmrm.rm.types.Sample` at this edge; nothing downstream knows the
-  protocol. Invalid input raises a typed :class:`~mmrm.rm.errors.MmrmError` whose ``field`` names the
-  protocol's own field (``query[3]``, ``input[0]``, ``messages[1].content[0]``).
-* **A failed item fails the request** on these routes (unlike ``/v1/*``, where it carries its own
-  error). Both callers turn the reward list straight into tensors (OpenRLHF: ``torch.tensor`` of
-  ``rewards``; verl: ``torch.tensor`` of the scores), so a ``null`` would crash the training step far
-  from its cause, and neither protocol has a per-item error slot. Input errors come first (they map
-  to 4xx, which verl does not retry), runtime errors otherwise (5xx, which both callers retry).
+  protocol. An item that cannot be converted becomes a typed :class:`~mmrm.rm.errors.MmrmError` in
+  its place, and a request that is wrong as a whole raises one; either names the protocol's own
+  field (``query[3]``, ``images[3]``, ``input[0]``, ``messages[1].content[0]``).
+* **A failed item** (media broken or refused, over ``max_length``, a modality the model does not
+  take, text the tokenizer cannot take, a query the route cannot read) is that item's own failure,
+  named by its field path (``query[3].prompt[0].content[1].image_url``) and the limit it broke; the
+  other items score in the same forwards. Neither protocol has a per-item error slot, and both
+  callers turn the reward straight into a tensor (OpenRLHF 0.11.2: ``torch.tensor([reward])``;
+  verl 0.9.1: ``rm_scores.new_tensor(scores)``), so a ``null`` can never be answered. Each route
+  therefore has one policy, ``on_invalid``: ``error`` (default) fails the request, input errors
+  first (4xx) else runtime errors (5xx); ``fill`` answers the configured finite ``fill_value`` for
+  the failed item, flags it where the protocol allows extra keys, and logs it. Either way the
+  failure is counted in ``mmrm_errors_total{route,kind}`` (by the ingress) and logged here at
+  WARNING with the request id, the field and the limit.
 * The protocols' odd field names (a reward in ``probs``; ``scores`` vs ``rewards``) stay inside
   these modules.
 
@@ -35,6 +42,8 @@ image placeholders they leave in the text (``<|vision_start|><|image_pad|>...<|v
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -50,12 +59,16 @@ __all__ = [
     "RenderedChat",
     "Turn",
     "failure_of",
+    "item_failures",
+    "log_item_failures",
     "media_placeholders",
     "parse_rendered_chat",
     "raise_for_failed",
     "strip_end_tokens",
     "to_messages",
 ]
+
+log = logging.getLogger("mmrm.serve.compat")
 
 #: End-of-turn / end-of-text markers a decoded generation may end with (stripped from responses).
 END_TOKENS: tuple[str, ...] = (
@@ -241,34 +254,59 @@ def _error_class(kind: str | None) -> type[MmrmError]:
 
 
 def failure_of(result: ScoreResult, *, field: str) -> MmrmError | None:
-    """The typed error of a failed (or non-finite) result, its ``field`` prefixed; None when it is fine."""
+    """The typed error of a failed (or non-finite) result; None when it is fine.
+
+    Its ``field`` is the result's own (the scoring pipeline names every item with the route's field
+    path, e.g. ``query[3].prompt[0].content[1].image_url``), else ``field``; its ``limit`` is the
+    result's. The result is not modified (a fresh error each call).
+    """
     if result.ok:
         if result.value is not None and math.isfinite(result.value):
             return None
         return BackendError(f"the scorer returned a non-finite value ({result.value})", field=field)
     err = result._error
     if isinstance(err, MmrmError):
-        return err.with_field_prefix(field)
-    cls = _error_class(result.error_kind)
-    e = cls(result.invalid or "scoring failed", field=field)
-    if err is not None:
-        e.__cause__ = err
+        e = copy.copy(err)  # the result keeps its own error untouched
+    else:
+        e = _error_class(result.error_kind)(result.invalid or "scoring failed")
+        if err is not None:
+            e.__cause__ = err
+    e.field = result.field or e.field or field
+    if e.limit is None:
+        e.limit = result.limit
     return e
 
 
-def raise_for_failed(results: Sequence[ScoreResult], *, field: str | Callable[[int], str]) -> None:
+def item_failures(results: Sequence[ScoreResult], *, field: str | Callable[[int], str]) -> list[tuple[int, MmrmError]]:
+    """``(index, error)`` of every failed result, in order. ``field`` names item ``i``: a prefix
+    (``"query"`` gives ``query[i]``) or a function of ``i``."""
+    name = field if callable(field) else (lambda i: f"{field}[{i}]")
+    return [(i, e) for i, r in enumerate(results) if (e := failure_of(r, field=name(i))) is not None]
+
+
+def log_item_failures(route: str, failures: Sequence[tuple[int, MmrmError]], *, request_id: str | None,
+                      outcome: str) -> None:
+    """One WARNING line per failed item: request id, field, kind, limit, message, and what the route
+    did about it (``outcome``)."""
+    for i, e in failures:
+        log.warning("request %s: %s item %d failed (%s) at %s, limit %s: %s; %s", request_id or "-", route, i, e.kind,
+                    e.field, e.limit, e.message, outcome)
+
+
+def raise_for_failed(results: Sequence[ScoreResult], *, field: str | Callable[[int], str],
+                     failures: Sequence[tuple[int, MmrmError]] | None = None) -> None:
     """Raise if any result failed: the first input error if there is one (4xx: not worth a retry),
     else the first runtime error (5xx).
 
     ``field`` names item ``i``: a prefix (``"query"`` gives ``query[i]``) or a function of ``i``.
+    ``failures`` (from :func:`item_failures`) saves computing them again.
     """
-    name = field if callable(field) else (lambda i: f"{field}[{i}]")
-    failures = [(i, e) for i, r in enumerate(results) if (e := failure_of(r, field=name(i))) is not None]
-    if not failures:
+    found = list(failures) if failures is not None else item_failures(results, field=field)
+    if not found:
         return
-    failures.sort(key=lambda ie: (not isinstance(ie[1], InvalidInput), ie[0]))
-    err = failures[0][1]
-    if len(failures) > 1:
-        err.message = f"{err.message} ({len(failures)} of {len(results)} items failed; this protocol has no per-item errors)"
+    found.sort(key=lambda ie: (not isinstance(ie[1], InvalidInput), ie[0]))
+    err = copy.copy(found[0][1])
+    if len(found) > 1:
+        err.message = f"{err.message} ({len(found)} of {len(results)} items failed; this protocol has no per-item errors)"
         err.args = (err.message,)
     raise err

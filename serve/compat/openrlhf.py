@@ -1,7 +1,8 @@
 """OpenRLHF's remote reward-model protocol (``--reward.remote_url``, formerly ``--remote_rm_url``).
 
-Matched against OpenRLHF/OpenRLHF at commit ``3c3be6234e0cb353e76bb8019947db9dfe99fca7``
-(2026-08-13), field by field:
+Verified against the OpenRLHF 0.11.2 release (PyPI wheel; first matched at commit
+``3c3be6234e0cb353e76bb8019947db9dfe99fca7``, 2026-08-13, where the same code holds), field by
+field; ``tests/test_rl_clients.py`` drives the route with 0.11.2's own client code:
 
 * ``openrlhf/utils/agent.py`` -- ``SingleTurnAgentExecutor._fetch_rewards_via_http`` sends
   ``POST <url>`` with JSON ``{"query": [...], "prompts": [...], "labels": [...]}`` (aiohttp, 180 s
@@ -10,8 +11,8 @@ Matched against OpenRLHF/OpenRLHF at commit ``3c3be6234e0cb353e76bb8019947db9dfe
   skip_special_tokens=False)``: the FULL chat-templated text, so the response ends with the EOS
   token (``<|im_end|>``), and for a VLM the image placeholder appears *expanded* (one
   ``<|image_pad|>`` per visual token) while ``prompts[i]`` holds the unexpanded template text. It
-  sends one query per request today; with several URLs the shards after the first can be EMPTY
-  lists, so ``{"query": [], ...}`` must answer ``{"rewards": [], ...}``.
+  sends one query per request; at the commit above, with several URLs, the shards after the first
+  could be EMPTY lists (0.11.2 skips them), so ``{"query": [], ...}`` answers ``{"rewards": [], ...}``.
 * The same function reads the answer as ``reward = body["rewards"]``, ``scores = body["scores"]``
   (falling back to ``rewards``), ``extra_logs = body["extra_logs"] or {}``; other top-level keys are
   ignored. ``openrlhf/trainer/ppo_utils/samples_generator.py::_process_response_into_experience``
@@ -32,11 +33,29 @@ mmrm's choices:
   (0, 1) as dynamic filtering expects (a raw reward compared with the default range ``(0, 1)`` would
   filter out most prompts); ``scores="reward"`` copies ``rewards`` as ``serve_rm.py`` does.
 * ``extra_logs`` holds only lists of numbers aligned with ``query``.
-* Failed items: by default the request fails (see :func:`mmrm.serve.compat.raise_for_failed`: 422
-  for input errors, 5xx for runtime errors), because a ``null`` reward would crash OpenRLHF inside
-  ``torch.tensor``. Opt-in ``on_invalid="fill"`` answers ``fill_value`` for failed items, flags
-  them in ``extra_logs["mmrm_invalid"]`` (1.0 = failed) and lists them in a top-level ``errors``
-  key (ignored by OpenRLHF, read by people).
+* Failed items (``compat.openrlhf.on_invalid``). What OpenRLHF 0.11.2 does with a failed request
+  (``openrlhf/utils/agent.py``, ``SingleTurnAgentExecutor._fetch_rewards_via_http``): any non-2xx
+  raises in ``raise_for_status``, is retried 5 times 1 s apart, then becomes a ``RuntimeError`` that
+  ``SingleTurnAgentExecutor.execute`` catches and logs at INFO, leaving ``reward`` and ``scores``
+  ``None``. ``samples_generator.py::SamplesGenerator._process_response_into_experience`` then
+  builds an ``Experience`` with ``rewards=None``, and the step fails when
+  ``experience.py::Experience.concat_experiences`` (called by ``experience_maker.py::
+  split_rollout_samples``) pads that ``None`` together with the other samples' reward tensors (or,
+  when it is the first of its micro-batch, when ``make_experience`` /
+  ``compute_advantages_and_returns`` find the micro-batch without a reward tensor). So:
+
+  - ``on_invalid="error"`` (default): the first failure fails the request (see
+    :func:`mmrm.serve.compat.raise_for_failed`: 422 for input errors, 5xx for runtime errors), and
+    with OpenRLHF one bad rollout fails the training step (:func:`warn_if_error_policy` says so at
+    start-up).
+  - ``on_invalid="fill"`` (recommended for OpenRLHF): a failed item's reward is ``fill_value``
+    (finite; its score follows ``scores``), it is flagged in ``extra_logs["mmrm_invalid"]`` (1.0 =
+    failed; OpenRLHF logs it as a metric) and listed in a top-level ``errors`` key (kind, message,
+    field, limit; OpenRLHF ignores unknown keys).
+
+  Either way each failed item is logged at WARNING with the request id, its field and the limit,
+  and the ingress counts it in ``mmrm_errors_total{route="/get_reward",kind}``. Request-level
+  failures (overload 503, deadline 504, a replica gone) stay HTTP errors: OpenRLHF retries those.
 * mmrm extension: ``images`` beside ``query``, one entry per query: a list of image sources (any
   form :mod:`mmrm.rm.media` accepts), a single source, or null. They fill the prompt's image
   placeholders in order; a prompt with no placeholder gets them in front of its first user turn.
@@ -65,6 +84,7 @@ left) the request fails with 422 naming ``query[i]``.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Sequence
@@ -78,14 +98,19 @@ from mmrm.rm.types import Sample, ScoreResult
 from mmrm.serve.compat import (
     _PAD_TOKENS,
     Turn,
-    failure_of,
+    item_failures,
+    log_item_failures,
     parse_rendered_chat,
     raise_for_failed,
     strip_end_tokens,
     to_messages,
 )
 
-__all__ = ["ItemError", "RewardRequest", "RewardResponse", "split_query", "to_response", "to_samples"]
+__all__ = [
+    "ItemError", "RewardRequest", "RewardResponse", "split_query", "to_response", "to_samples", "warn_if_error_policy",
+]
+
+log = logging.getLogger("mmrm.serve.compat")
 
 #: Where OpenRLHF's reference server listens; the route mmrm offers under the same path.
 ROUTE = "/get_reward"
@@ -134,6 +159,7 @@ class ItemError(BaseModel):
     kind: str
     message: str
     field: str | None = None
+    limit: Any = None
 
 
 class RewardResponse(BaseModel):
@@ -230,13 +256,18 @@ def _sample(i: int, req: RewardRequest) -> Sample:
         raise InvalidInput(e.errors()[0].get("msg", "invalid sample"), field=f"query[{i}]") from e
 
 
-def to_samples(req: RewardRequest) -> list[Sample]:
-    """One :class:`~mmrm.rm.types.Sample` per query, in order (empty for an empty ``query``).
-
-    Raises :class:`~mmrm.rm.errors.InvalidInput` (or a subclass) naming ``query[i]``,
-    ``prompts[i]`` or ``images[i]``.
+def to_samples(req: RewardRequest) -> list[Sample | MmrmError]:
+    """One :class:`~mmrm.rm.types.Sample` per query, in order (empty for an empty ``query``); a query
+    that cannot be converted is its own :class:`~mmrm.rm.errors.InvalidInput` (or subclass) naming
+    ``query[i]``, ``prompts[i]`` or ``images[i]``, so it fails alone.
     """
-    return [_sample(i, req) for i in range(len(req.query))]
+    out: list[Sample | MmrmError] = []
+    for i in range(len(req.query)):
+        try:
+            out.append(_sample(i, req))
+        except MmrmError as e:
+            out.append(e)
+    return out
 
 
 def to_response(
@@ -245,6 +276,7 @@ def to_response(
     scores: Literal["sigmoid", "reward"] = "sigmoid",
     on_invalid: Literal["error", "fill"] = "error",
     fill_value: float | None = None,
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """The JSON body OpenRLHF expects, from one result per query.
 
@@ -255,6 +287,7 @@ def to_response(
             ``"fill"`` answers ``fill_value`` for failed items and reports them (see module doc).
         fill_value: the reward of a failed item (its score follows ``scores``); required with
             ``on_invalid="fill"``.
+        request_id: the service's request id, for the WARNING line logged per failed item.
 
     >>> from mmrm.rm.types import Provenance
     >>> prov = Provenance(scorer="rm", kind="reward_model", fingerprint="f", mmrm_version="0", engine="hf")
@@ -268,21 +301,27 @@ def to_response(
         raise ValueError(f"on_invalid must be 'error' or 'fill', got {on_invalid!r}")
     if scores not in ("sigmoid", "reward"):
         raise ValueError(f"scores must be 'sigmoid' or 'reward', got {scores!r}")
+    failures = item_failures(results, field="query")
+    outcome = (f"answered reward {fill_value} (on_invalid: fill)" if on_invalid == "fill"
+               else "the request fails (on_invalid: error)")
+    log_item_failures(ROUTE, failures, request_id=request_id, outcome=outcome)
     if on_invalid == "error":
-        raise_for_failed(results, field="query")
+        raise_for_failed(results, field="query", failures=failures)
 
+    failed = dict(failures)
     rewards: list[float] = []
     flags: list[float] = []
     errors: list[ItemError] = []
     for i, r in enumerate(results):
-        err = failure_of(r, field=f"query[{i}]")
+        err = failed.get(i)
         if err is None:
             rewards.append(float(r.value))  # type: ignore[arg-type]
             flags.append(0.0)
         else:
             rewards.append(float(fill_value))  # type: ignore[arg-type]
             flags.append(1.0)
-            errors.append(ItemError(index=i, kind=err.kind, message=err.message, field=err.field))
+            errors.append(ItemError(index=i, kind=err.kind, message=err.message, field=err.field,
+                                    limit=err.to_dict()["limit"]))
     body = RewardResponse(
         rewards=rewards,
         scores=[sigmoid(x) for x in rewards] if scores == "sigmoid" else list(rewards),
@@ -290,3 +329,16 @@ def to_response(
         errors=errors or None,
     )
     return body.model_dump(mode="json", exclude_none=True)
+
+
+def warn_if_error_policy(on_invalid: str) -> str | None:
+    """The start-up warning for ``compat.openrlhf.on_invalid: error`` (logged at WARNING, and
+    returned); None for ``fill``. The ingress calls it once when it builds its app."""
+    if on_invalid != "error":
+        return None
+    msg = ("compat.openrlhf.on_invalid is 'error': one rollout that cannot be scored (a broken or missing image, "
+           "a query over max_length, ...) fails its whole /get_reward request, and OpenRLHF 0.11.2 then leaves "
+           "that sample without a reward, which fails the training step. For OpenRLHF set "
+           "compat.openrlhf.on_invalid: fill with a finite fill_value (the reward a failed rollout gets).")
+    log.warning(msg)
+    return msg

