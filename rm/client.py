@@ -57,7 +57,7 @@ from typing import Any, Literal, TypeVar, Union
 
 import httpx
 import tenacity
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from mmrm.rm.errors import ERROR_KINDS, InvalidInput, MmrmError
 from mmrm.rm.protocol import CompareRequest, ItemResult, JudgeRequest, OnItemError, RankRequest, ScoreRequest
