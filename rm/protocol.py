@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from http import HTTPStatus
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -150,6 +151,8 @@ class ErrorBody(BaseModel):
     message: str = Field(description="What went wrong, for a person.")
     field: str | None = Field(default=None, description="Path of the request field at fault, if any.")
     limit: Any = Field(default=None, description="The limit that was broken, if any.")
+    type: str | None = Field(default=None, description="vLLM's error type name for the status (e.g. UnprocessableEntityError).")
+    code: int | None = Field(default=None, description="The HTTP status, as in vLLM's error bodies.")
 
 
 class ErrorResponse(BaseModel):
@@ -160,3 +163,17 @@ def new_id(prefix: str, request_id: str | None = None) -> str:
     """A response id ``<prefix>-<request id>``: the caller's X-Request-Id when given (vLLM's servers
     build theirs the same way), else a fresh one."""
     return f"{prefix}-{request_id or uuid.uuid4().hex[:24]}"
+
+
+# vLLM 0.32's error type names (vllm/entrypoints/serve/engine/protocol.py, create_error_response);
+# other statuses get the HTTP phrase, as its HTTP handler does.
+_VLLM_TYPES = {400: "BadRequestError", 404: "NotFoundError", 422: "UnprocessableEntityError",
+               500: "InternalServerError", 501: "NotImplementedError", 503: "ServiceUnavailableError"}
+
+
+def error_type(status: int) -> str:
+    """The ``type`` of an error body with this status, as vLLM names it."""
+    try:
+        return _VLLM_TYPES.get(status) or HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from mmrm.rm import errors as e
+from mmrm.rm.protocol import error_type
 
 log = logging.getLogger("mmrm.serve")
 
@@ -61,6 +62,12 @@ def status_for(exc: Exception) -> int:
     return 500
 
 
+def error_body(d: dict[str, Any], status: int) -> dict[str, Any]:
+    """``{"error": ...}``: mmrm's kind/message/field/limit plus vLLM's ``type`` and ``code``, so every
+    error body also validates as vLLM's own ErrorResponse (clients written for vLLM read it)."""
+    return {"error": {**d, "type": error_type(status), "code": status}}
+
+
 def error_response(exc: e.MmrmError, request_id: str | None = None) -> JSONResponse:
     status = status_for(exc)
     headers: dict[str, str] = {}
@@ -68,7 +75,7 @@ def error_response(exc: e.MmrmError, request_id: str | None = None) -> JSONRespo
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return JSONResponse({"error": exc.to_dict()}, status_code=status, headers=headers)
+    return JSONResponse(error_body(exc.to_dict(), status), status_code=status, headers=headers)
 
 
 def _loc_to_field(loc: tuple[Any, ...]) -> str:
@@ -123,7 +130,7 @@ def install(app: Any) -> None:
         kind = kinds.get(exc.status_code, "bad_request" if exc.status_code < 500 else "internal")  # a fixed vocabulary
         body = {"kind": kind, "message": str(exc.detail),
                 "field": "body" if exc.status_code == 400 else None, "limit": None}
-        return JSONResponse({"error": body}, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(error_body(body, exc.status_code), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -136,8 +143,8 @@ def install(app: Any) -> None:
         if mapped is not None:
             return error_response(mapped, rid)
         log.exception("internal error (request %s)", rid)
-        return JSONResponse({"error": {"kind": "internal", "message": "internal server error", "field": None, "limit": None}},
-                            status_code=500)
+        return JSONResponse(error_body({"kind": "internal", "message": "internal server error", "field": None,
+                                        "limit": None}, 500), status_code=500)
 
 
 def to_wire(exc: e.MmrmError) -> dict[str, Any]:

@@ -113,6 +113,8 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
     timeout = cfg.limits.request_timeout_s
     judges = judges or {}
     known_paths: set[str] = set()  # filled once the routes exist (metric labels come only from here)
+    openrlhf.warn_if_error_policy(cfg.compat.openrlhf.on_invalid)
+    vllm_classify.warn_if_error_policy(cfg.compat.classify.on_invalid)
 
     app = FastAPI(title="mmrm", version=mmrm.__version__,
                   description="Multimodal reward models and judges: score, compare, rank, judge.")

@@ -194,6 +194,13 @@ def test_judge_bad_item_fails_alone(app: dict) -> None:
 
 
 def test_request_level_problems_stay_4xx(app: dict) -> None:
-    assert post(app, "/v1/score", {"model": "nope", "items": [GOOD_B]}).status_code == 404
+    from mmrm.serve.compat.vllm_classify import ErrorResponse as VLLMErrorResponse
+
+    r404 = post(app, "/v1/score", {"model": "nope", "items": [GOOD_B]})
+    assert r404.status_code == 404
     r = post(app, "/v1/score", {"model": "vl", "items": []})
     assert r.status_code == 422 and r.json()["error"]["field"] == "items"
+    # Every error body also reads as vLLM's ErrorResponse (type + code), for clients written for vLLM.
+    for resp, status, typ in ((r404, 404, "NotFoundError"), (r, 422, "UnprocessableEntityError")):
+        err = VLLMErrorResponse.model_validate(resp.json()).error
+        assert (err.code, err.type) == (status, typ)

@@ -79,7 +79,8 @@ def test_server_faults_are_500_with_a_generic_message(monkeypatch: pytest.Monkey
     c = _client(_raise(exc), monkeypatch)
     r = c.post("/v1/score", json=BODY)
     assert r.status_code == 500, r.text
-    assert r.json()["error"] == {"kind": "internal", "message": "internal server error", "field": None, "limit": None}
+    assert r.json()["error"] == {"kind": "internal", "message": "internal server error", "field": None, "limit": None,
+                                 "type": "InternalServerError", "code": 500}
     assert "internal detail 42" not in r.text
     assert any("internal error" in rec.getMessage() for rec in caplog.records)  # logged with its traceback
     assert c.post("/v1/score", json=BODY).status_code == 500  # stays a fault; nothing cached as 4xx

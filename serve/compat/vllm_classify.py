@@ -94,12 +94,12 @@ import math
 import time
 import uuid
 from collections.abc import Sequence
-from http import HTTPStatus
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError, model_validator
 
 from mmrm.rm.errors import InvalidInput, MmrmError, UnsupportedInput
+from mmrm.rm.protocol import error_type
 from mmrm.rm.results import sigmoid
 from mmrm.rm.types import Sample, ScoreResult
 from mmrm.serve.compat import (
@@ -407,11 +407,6 @@ class ErrorResponse(BaseModel):
     error: ErrorInfo
 
 
-# vLLM 0.32 ``create_error_response``'s names; other statuses get the HTTP phrase, as its HTTP handler does.
-_VLLM_ERROR_TYPES = {400: "BadRequestError", 404: "NotFoundError", 422: "UnprocessableEntityError",
-                     500: "InternalServerError", 501: "NotImplementedError", 503: "ServiceUnavailableError"}
-
-
 def error_body(exc: MmrmError, status: int) -> dict[str, Any]:
     """The JSON error body of this route for ``exc`` answered with HTTP ``status``: vLLM's shape
     (``type``, ``code``, ``param`` = the field) with mmrm's ``kind``/``field``/``limit`` beside.
@@ -421,11 +416,7 @@ def error_body(exc: MmrmError, status: int) -> dict[str, Any]:
 'kind': 'invalid_input', 'field': 'input[1]', 'limit': 200}
     """
     d = exc.to_dict()
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Error"
-    info = ErrorInfo(message=d["message"], type=_VLLM_ERROR_TYPES.get(status, phrase), param=d["field"], code=status,
+    info = ErrorInfo(message=d["message"], type=error_type(status), param=d["field"], code=status,
                      kind=d["kind"], field=d["field"], limit=d["limit"])
     return ErrorResponse(error=info).model_dump(mode="json")
 
