@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmrm.rm.errors import ErrorKind
+from mmrm.rm.scorer import GroupResult as CoreGroupResult
 from mmrm.rm.types import Group, Pair, Sample, ScoreResult
 
 
@@ -91,12 +92,11 @@ class ItemResult(ScoreResult):
         return out
 
 
-class GroupResult(BaseModel):
-    """One group's results: a result per response, and the group-normalized rewards of the valid ones."""
+class GroupResult(CoreGroupResult):
+    """One group's record on the wire: the core :class:`~mmrm.rm.scorer.GroupResult` plus its index."""
 
     index: int = Field(ge=0, description="Position of the group in the request.")
     results: list[ItemResult] = Field(description="One result per response, in order.")
-    normalized: list[float | None] = Field(description="Group-normalized rewards of the valid results; null for invalid ones.")
 
 
 class Usage(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Sequence
 
 from mmrm.rm.normalize import group_normalize
@@ -26,7 +27,12 @@ def pair_result(a: ScoreResult, b: ScoreResult) -> ScoreResult:
     bad, side = (a, "response_a") if not a.ok else (b, "response_b")
     err = bad.error()
     assert err is not None
-    return ScoreResult.failed(err, bad.provenance, prefix=f"{side}: ")
+    out = ScoreResult.failed(err, bad.provenance, prefix=f"{side}: ")
+    if out.field:
+        # A side's field is relative to its Sample ("[items[i].]response..."): name the Pair's side.
+        # A prompt-side field ("prompt[0]...") is the same for both sides and stays as it is.
+        out.field = re.sub(r"(^|\.)response(?=[.\[]|$)", lambda m: m.group(1) + side, out.field, count=1)
+    return out
 
 
 def group_result(results: Sequence[ScoreResult], *, eps: float = 1e-6) -> list[float | None]:

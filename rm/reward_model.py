@@ -529,15 +529,7 @@ class RewardModel(nn.Module):
         ``details``); both sides of every pair go through one batched pass. A pair with a failed
         side is invalid, naming the side."""
         res = self.score([s for p in pairs for s in p.samples()])
-        out = []
-        for k in range(len(pairs)):
-            a, b = res[2 * k], res[2 * k + 1]
-            r = pair_result(a, b)
-            if not r.ok and r.field and r.field.startswith("response"):
-                # a side's field is relative to its Sample ("response..."); name it in the Pair
-                r.field = ("response_a" if not a.ok else "response_b") + r.field[len("response"):]
-            out.append(r)
-        return out
+        return [pair_result(res[2 * k], res[2 * k + 1]) for k in range(len(pairs))]
 
     def rank(self, groups: Groups, *, references: References = None, eps: float = 1e-6) -> list[GroupResult]:
         """Raw and group-normalized rewards of each group (GRPO), one :class:`GroupResult` per group.

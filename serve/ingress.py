@@ -266,7 +266,7 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
         fields: list[str] = []
         for i, p in enumerate(req.pairs):
             samples += p.samples()
-            fields += [f"pairs[{i}].response_a", f"pairs[{i}].response_b"]
+            fields += [f"pairs[{i}]", f"pairs[{i}]"]  # pair_result names the failing side
         flat = await score_flat("/v1/compare", req.model, samples, fields, request.state.request_id)
         res = [pair_result(flat[2 * k], flat[2 * k + 1]) for k in range(len(req.pairs))]
         usage = finish("/v1/compare", req.model, res, req.on_item_error)

@@ -153,11 +153,13 @@ def test_compare_one_bad_side_fails_only_its_pair(app: dict) -> None:
     bad = bad_items(app["media_root"])["broken_image"][0]
     good_pair = {"prompt": GOOD_A["prompt"], "response_a": "The digit is 6.", "response_b": "The digit is 9."}
     bad_pair = {"prompt": bad["prompt"], "response_a": "A cat.", "response_b": "A dog."}
-    r = post(app, "/v1/compare", {"model": "vl", "pairs": [bad_pair, good_pair]})
+    bad_side = {"prompt": "Say hi.", "response_a": "hi", "response_b": [text_part("<|vision_start|> hi")]}
+    r = post(app, "/v1/compare", {"model": "vl", "pairs": [bad_pair, good_pair, bad_side]})
     assert r.status_code == 200, r.text
     data = r.json()["data"]
+    assert data[2]["error_kind"] == "unsupported_input" and data[2]["field"] == "pairs[2].response_b.content[0].text"
     assert data[0]["error_kind"] == "invalid_media"
-    assert data[0]["field"] == "pairs[0].response_a.prompt[0].content[0].image_url"
+    assert data[0]["field"] == "pairs[0].prompt[0].content[0].image_url"
     ra = score_alone(app, "vl", {"prompt": GOOD_A["prompt"], "response": "The digit is 6."})
     rb = score_alone(app, "vl", {"prompt": GOOD_A["prompt"], "response": "The digit is 9."})
     assert math.isclose(data[1]["value"], 1 / (1 + math.exp(-(ra - rb))), abs_tol=1e-5)
