@@ -9,7 +9,7 @@ import logging
 import os
 import time
 import uuid
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -29,6 +29,9 @@ from mmrm.rm.protocol import (
     ModelList, RankRequest,
     RankResponse, ScoreRequest, ScoreResponse, Usage, new_id,
 )
+
+if TYPE_CHECKING:
+    from ray.serve.handle import DeploymentHandle
 
 log = logging.getLogger("mmrm.serve")
 
@@ -96,7 +99,8 @@ class TokenBucket:
         return (1 - tokens) / self.rate
 
 
-def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str, Any] | None = None) -> FastAPI:
+def build_fastapi(cfg: ServiceConfig, handles: dict[str, DeploymentHandle],
+                  judges: dict[str, DeploymentHandle] | None = None) -> FastAPI:
     """The FastAPI app. ``handles`` / ``judges`` map names to Serve handles of the reward-model and
     judge deployments."""
     import mmrm
@@ -168,7 +172,7 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, Any], judges: dict[str,
         # passed in to us), so it is not set again here.
         return response
 
-    def handle(name: str) -> Any:
+    def handle(name: str) -> DeploymentHandle:
         if name not in handles:
             raise NotFound(f"unknown model {name!r}; see GET /v1/models", field="model", limit=sorted(handles))
         return handles[name]

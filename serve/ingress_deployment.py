@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from mmrm.serve.config import ServiceConfig
 from mmrm.serve.ingress import build_fastapi
@@ -17,7 +18,8 @@ from mmrm.serve.ingress import build_fastapi
 @serve.deployment(name="ingress", max_ongoing_requests=1024)
 @serve.ingress()
 class Ingress:
-    def __init__(self, config: dict[str, Any], models: dict[str, Any], judges: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], models: dict[str, DeploymentHandle],
+                 judges: dict[str, DeploymentHandle]) -> None:
         self.config = ServiceConfig.model_validate(config)
         self.handles = models
         self.judges = judges
