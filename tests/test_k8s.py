@@ -935,3 +935,114 @@ def test_vendored_crd_matches_the_shared_copy() -> None:
     if not shared:
         pytest.skip("no shared schemas beside this checkout to compare the vendored copy with")
     assert (VENDORED_SCHEMAS / "ray.io_rayservices.yaml").read_bytes() == (shared[0] / "ray.io_rayservices.yaml").read_bytes()
+
+
+# --------------------------------------------------------------------------------------------------
+# k8s/vllm/: vLLM servers beside the Serve app (the `vllm` reward engine and an `openai` judge).
+
+VLLM_DIR = K8S / "vllm"
+VLLM_SERVE_CONFIG = VLLM_DIR / "serve-config.yaml"
+
+
+def vllm_manifests() -> list[tuple[str, dict[str, Any]]]:
+    return [(f"{p.name}#{i}", d) for p in sorted(VLLM_DIR.glob("*.y*ml")) if p != VLLM_SERVE_CONFIG
+            for i, d in enumerate(_load_yaml_docs(p))]
+
+
+def _vllm_deployments() -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for _, d in vllm_manifests() if d["kind"] == "Deployment"}
+
+
+def _args(container: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for a in container.get("args", []):
+        k, _, v = a.partition("=")
+        out[k] = v
+    return out
+
+
+def test_vllm_dir_has_the_expected_kinds() -> None:
+    kinds = sorted(d["kind"] for _, d in vllm_manifests())
+    assert kinds == ["Deployment", "Deployment", "NetworkPolicy", "Service", "Service"]
+
+
+@pytest.mark.parametrize("name_doc", vllm_manifests(), ids=lambda nd: nd[0])
+def test_vllm_manifest_validates(name_doc: tuple[str, dict[str, Any]], crds: CRDValidators) -> None:
+    validate_manifest(name_doc[1], crds)
+
+
+def test_vllm_manifest_bad_fields_fail(crds: CRDValidators) -> None:
+    dep = _vllm_deployments()["mmrm-vllm-rm"]
+    for path, value in ((["spec", "template", "spec", "containers", 0, "readinessProbe", "httpGet", "port"], [8000]),
+                        (["spec", "template", "spec", "containers", 0, "resourcez"], {}),
+                        (["spec", "replicas"], "one")):
+        with pytest.raises(Exception):
+            validate_manifest(_mutated(dep, path, value), crds)
+
+
+def test_vllm_servers_have_their_own_image_resources_and_health_probes(rayservice: dict[str, Any]) -> None:
+    ray_images = {c["image"] for _, c in _containers(rayservice)}
+    deps = _vllm_deployments()
+    assert set(deps) == {"mmrm-vllm-rm", "mmrm-vllm-judge"}
+    for name, dep in deps.items():
+        [c] = dep["spec"]["template"]["spec"]["containers"]
+        assert c["image"].startswith("vllm/vllm-openai:") and c["image"] not in ray_images, name
+        assert c["resources"]["requests"]["nvidia.com/gpu"] == c["resources"]["limits"]["nvidia.com/gpu"] == "1", name
+        assert c["resources"]["requests"]["memory"] and c["resources"]["limits"]["memory"], name
+        port = {p["name"]: p["containerPort"] for p in c["ports"]}["http"]
+        assert _args(c)["--port"] == str(port) and _args(c)["--host"] == "0.0.0.0", name
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}, (name, probe)
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert dep["spec"]["selector"]["matchLabels"] == labels, name
+    rm = _args(deps["mmrm-vllm-rm"]["spec"]["template"]["spec"]["containers"][0])
+    from mmrm.rm.vllm_engine import POOLER_CONFIG
+
+    assert rm["--runner"] == "pooling" and rm["--convert"] == "embed"
+    assert json.loads(rm["--pooler-config"]) == json.loads(POOLER_CONFIG)
+    judge = _args(deps["mmrm-vllm-judge"]["spec"]["template"]["spec"]["containers"][0])
+    assert int(judge["--max-logprobs"]) >= 20  # the judge backend reads 20 top logprobs
+
+
+def test_vllm_serve_config_points_at_the_vllm_services() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    from mmrm.serve.config import load_serve_file
+
+    raw = yaml.load(VLLM_SERVE_CONFIG.read_text(), Loader=_Loader)
+    ServeDeploySchema.model_validate(raw)
+    (_, service), = load_serve_file(VLLM_SERVE_CONFIG).mmrm_apps()
+    services = {d["metadata"]["name"]: d for _, d in vllm_manifests() if d["kind"] == "Service"}
+    deps = _vllm_deployments()
+
+    def target(url: str) -> tuple[str, dict[str, Any]]:
+        m = re.fullmatch(r"http://([a-z0-9-]+):(\d+)/v1", url)
+        assert m, url
+        svc = services[m.group(1)]
+        assert int(m.group(2)) in {p["port"] for p in svc["spec"]["ports"]}, url
+        [dep] = [d for d in deps.values() if _selector_matches({"matchLabels": svc["spec"]["selector"]},
+                                                                 d["spec"]["template"]["metadata"]["labels"])]
+        return m.group(1), _args(dep["spec"]["template"]["spec"]["containers"][0])
+
+    [model] = [m for m in service.models if m.engine == "vllm"]
+    name, args = target(model.vllm.base_url)
+    assert name == "mmrm-vllm-rm" and args["--served-model-name"] == model.vllm.served_model
+    assert model.num_gpus == 0  # the vLLM pod holds the GPU; the replica encodes and runs the head
+    [judge] = service.judges
+    name, args = target(judge.backend.base_url)
+    assert name == "mmrm-vllm-judge" and args["--served-model-name"] == judge.backend.model
+    assert service.auth.token_env and service.auth.protect_metrics
+
+
+def test_vllm_network_policy_admits_only_mmrm_ray_pods_and_allows_no_egress(rayservice: dict[str, Any]) -> None:
+    [policy] = [d for _, d in vllm_manifests() if d["kind"] == "NetworkPolicy"]
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"} and policy["spec"]["egress"] == []
+    for dep in _vllm_deployments().values():
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert _selector_matches(policy["spec"]["podSelector"], labels)
+        server = Pod("default", labels)
+        ray_pod = Pod("default", kuberay_pod_labels(rayservice, "gpu", "abcde"))
+        stranger = Pod("default", {"app": "something-else"})
+        assert ingress_allowed(policy, "default", server, ray_pod, 8000)
+        assert not ingress_allowed(policy, "default", server, stranger, 8000)
+        assert not ingress_allowed(policy, "default", server, ray_pod, 9000)
