@@ -70,7 +70,7 @@ def test_replica_killed_mid_batch_every_request_completes_with_right_scores(rel_
     assert len(reps) == 2, reps
     victim = sorted(reps.values())[0]
     jobs = [_samples(4, seed) for seed in range(24)]
-    want = {seed: inproc.score([Sample.model_validate(s) for s in items]) for seed, items in enumerate(jobs)}
+    want = {seed: inproc.rewards([Sample.model_validate(s) for s in items]) for seed, items in enumerate(jobs)}
     done: list[int] = []
     lock = threading.Lock()
 
