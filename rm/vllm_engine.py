@@ -367,16 +367,15 @@ class VLLMRewardModel(RewardModel):
 
 
 def _append_final_text(conv: list[dict[str, Any]], text: str) -> None:
-    """Append ``text`` to the final message's last text (a new text part when it has none)."""
+    """Append ``text`` at the very end of the final message: to its closing text part, or as a new
+    text part when it ends with an image (never before an image)."""
     last = conv[-1]
     if isinstance(last["content"], str):
         last["content"] += text
-        return
-    for part in reversed(last["content"]):
-        if part.get("type") == "text":
-            part["text"] += text
-            return
-    last["content"].append({"type": "text", "text": text})
+    elif last["content"] and last["content"][-1].get("type") == "text":
+        last["content"][-1]["text"] += text
+    else:
+        last["content"].append({"type": "text", "text": text})
 
 
 def _first_part_field(sample: Sample, kind: type) -> str:
