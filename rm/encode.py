@@ -11,7 +11,7 @@ under a token budget, and makes the per-sample length known before any forward p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import torch
 
@@ -40,8 +40,11 @@ class Encoded:
         return int(self.input_ids.shape[0])
 
 
-def _template_messages(messages: list[Message]) -> list[dict[str, Any]]:
-    """Messages as the chat template wants them (media parts keep their type, sources dropped)."""
+def _template_messages(messages: list[Message], image: Callable[[], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Messages as the chat template wants them (media parts keep their type, sources dropped).
+
+    ``image`` makes each image part (in order) instead: e.g. an ``image_url`` part for a server that
+    renders the template itself."""
     out = []
     for m in messages:
         if isinstance(m.content, str):
@@ -52,7 +55,7 @@ def _template_messages(messages: list[Message]) -> list[dict[str, Any]]:
             if isinstance(p, TextPart):
                 parts.append({"type": "text", "text": p.text})
             elif isinstance(p, ImagePart):
-                parts.append({"type": "image"})
+                parts.append(image() if image is not None else {"type": "image"})
             else:
                 parts.append({"type": "video"})
         out.append({"role": m.role, "content": parts})

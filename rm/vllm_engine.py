@@ -47,7 +47,7 @@ from mmrm.rm.encode import _SEQUENCE_KEYS, Encoded, Encoder, _template_messages
 from mmrm.rm.errors import BackendError, ConfigError, InputTooLong, MmrmError, UnsupportedInput
 from mmrm.rm.media import MediaLoader, MediaPolicy
 from mmrm.rm.reward_model import RewardModel, load_head, load_processor
-from mmrm.rm.types import ImagePart, Message, Provenance, Sample, TextPart, VideoPart
+from mmrm.rm.types import Message, Provenance, Sample, VideoPart
 
 log = logging.getLogger("mmrm.rm")
 
@@ -226,21 +226,11 @@ class VLLMRewardModel(RewardModel):
 
     # -------------------------------------------------------------------------- what is sent
     def _wire_messages(self, messages: list[Message], images: list[Any]) -> list[dict[str, Any]]:
-        """Chat messages with every image replaced by a PNG data URI of the image mmrm loaded."""
+        """Chat messages with every image replaced by a PNG data URI of the image mmrm loaded (video
+        never gets here: :meth:`encode` refuses it)."""
         loaded = iter(images)
-        out: list[dict[str, Any]] = []
-        for m in messages:
-            if isinstance(m.content, str):
-                out.append({"role": m.role, "content": m.content})
-                continue
-            parts: list[dict[str, Any]] = []
-            for p in m.content:
-                if isinstance(p, TextPart):
-                    parts.append({"type": "text", "text": p.text})
-                elif isinstance(p, ImagePart):
-                    parts.append({"type": "image_url", "image_url": {"url": png_data_uri(next(loaded))}})
-            out.append({"role": m.role, "content": parts})
-        return out
+        return _template_messages(messages, image=lambda: {"type": "image_url",
+                                                           "image_url": {"url": png_data_uri(next(loaded))}})
 
     def _final_tail(self, messages: list[Message]) -> str:
         """The text mmrm's encoding has after the final turn's last text, up to the pooled token

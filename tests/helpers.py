@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from pydantic import BaseModel, ConfigDict
 
 
 def image_array(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -54,3 +55,21 @@ def state_dicts_equal(a: dict[str, Any], b: dict[str, Any]) -> bool:
     if a.keys() != b.keys():
         return False
     return all(a[k].shape == b[k].shape and torch.equal(a[k], b[k]) for k in a)
+
+
+class VllmErrorInfo(BaseModel):
+    """vLLM 0.32.0 ``vllm/entrypoints/serve/engine/protocol.py::ErrorInfo``, transcribed independently
+    of mmrm's own copy (``OpenAIBaseModel``: extra keys allowed)."""
+
+    model_config = ConfigDict(extra="allow")
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class VllmErrorResponse(BaseModel):
+    """vLLM 0.32.0's ``ErrorResponse``: ``{"error": ErrorInfo}``."""
+
+    model_config = ConfigDict(extra="allow")
+    error: VllmErrorInfo

@@ -19,7 +19,6 @@ import math
 import subprocess
 import sys
 
-import pydantic
 import pytest
 
 import mmrm.serve.compat as compat
@@ -27,6 +26,7 @@ from mmrm.rm.errors import BackendError, InputTooLong, InvalidInput, MediaError,
 from mmrm.rm.types import ImagePart, Provenance, Sample, ScoreResult, TextPart, VideoPart
 from mmrm.serve.compat import openrlhf, vllm_classify
 from mmrm.serve.compat.openrlhf import RewardRequest, split_query
+from helpers import VllmErrorResponse
 from mmrm.serve.compat.vllm_classify import (
     ClassificationChatRequest,
     ClassificationCompletionRequest,
@@ -438,22 +438,6 @@ def test_classify_fill_mode_answers_a_number_verl_can_read(caplog):
     assert out2["data"][1]["probs"] == [pytest.approx(1 / (1 + math.exp(4.0)))]
     with pytest.raises(ValueError, match="fill_value"):
         vllm_classify.to_response(many, [ok(0.0), too_long], model="rm", on_invalid="fill", fill_value=float("nan"))
-
-
-class VllmErrorInfo(pydantic.BaseModel):
-    """vLLM 0.32.0 ``vllm/entrypoints/serve/engine/protocol.py::ErrorInfo``, transcribed
-    (``OpenAIBaseModel``: extra keys allowed)."""
-
-    model_config = pydantic.ConfigDict(extra="allow")
-    message: str
-    type: str
-    param: str | None = None
-    code: int
-
-
-class VllmErrorResponse(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="allow")
-    error: VllmErrorInfo
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import image_part, image_uri, text_part
+from helpers import VllmErrorResponse, image_part, image_uri, text_part
 
 pytestmark = pytest.mark.slow
 
@@ -196,13 +196,11 @@ def test_judge_bad_item_fails_alone(app: dict) -> None:
 
 
 def test_request_level_problems_stay_4xx(app: dict) -> None:
-    from mmrm.serve.compat.vllm_classify import ErrorResponse as VLLMErrorResponse
-
     r404 = post(app, "/v1/score", {"model": "nope", "items": [GOOD_B]})
     assert r404.status_code == 404
     r = post(app, "/v1/score", {"model": "vl", "items": []})
     assert r.status_code == 422 and r.json()["error"]["field"] == "items"
     # Every error body also reads as vLLM's ErrorResponse (type + code), for clients written for vLLM.
     for resp, status, typ in ((r404, 404, "NotFoundError"), (r, 422, "UnprocessableEntityError")):
-        err = VLLMErrorResponse.model_validate(resp.json()).error
+        err = VllmErrorResponse.model_validate(resp.json()).error
         assert (err.code, err.type) == (status, typ)

@@ -47,10 +47,9 @@ from typing import Any
 
 import httpx
 import numpy as np
-import pydantic
 import pytest
 
-from helpers import image_part, image_uri, text_part
+from helpers import VllmErrorResponse, image_part, image_uri, text_part
 
 pytestmark = pytest.mark.slow
 
@@ -516,22 +515,6 @@ def test_verl_error_policy_raises_at_once_on_the_4xx(apps, clients) -> None:
             verl_rows(tok, [(p, r) for p, r, _ in picked])))
     assert ei.value.status == 422 and time.monotonic() - t0 < 60
     assert rose(before, errors_total(url, "/classify")) == {"input_too_long": 1}  # tried once
-
-
-class VllmErrorInfo(pydantic.BaseModel):
-    """vLLM 0.32.0 ``vllm/entrypoints/serve/engine/protocol.py::ErrorInfo`` (``OpenAIBaseModel``:
-    extra keys allowed), transcribed."""
-
-    model_config = pydantic.ConfigDict(extra="allow")
-    message: str
-    type: str
-    param: str | None = None
-    code: int
-
-
-class VllmErrorResponse(pydantic.BaseModel):
-    model_config = pydantic.ConfigDict(extra="allow")
-    error: VllmErrorInfo
 
 
 def test_classify_mixed_batch_every_failure_kind(apps) -> None:
