@@ -501,7 +501,7 @@ def measure_service(ckpts: dict[str, Path], args: argparse.Namespace, peak: floa
     import ray
     from ray import serve
 
-    from mmrm.rm.client import Client
+    from mmrm.client import Client
     from mmrm.serve.config import ServeFile
     from mmrm.serve.run import start
 

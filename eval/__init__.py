@@ -3,7 +3,7 @@
 Loaders read published benchmark formats into :class:`EvalItem` (a :class:`~mmrm.rm.types.Pair`
 plus the human label and categories); the runner scores them with any :class:`~mmrm.rm.scorer.Scorer`
 (a reward model in-process, a judge, a panel, or a served model or judge through
-:class:`~mmrm.rm.client.RemoteScorer`), in-process or on Ray Data, appending results to a
+:class:`~mmrm.client.RemoteScorer`), in-process or on Ray Data, appending results to a
 kill-safe :class:`ResultStore` so an interrupted run resumes where it stopped; :func:`build_report` /
 :func:`write_report` compute the metrics (definitions in :mod:`mmrm.eval.metrics`) and the official
 numbers of each benchmark, and write markdown + HTML with plots.

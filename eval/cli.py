@@ -208,11 +208,9 @@ class _StoredOnly:
     def __init__(self, spec: Any) -> None:
         from mmrm.rm.types import Provenance
 
-        import mmrm
-
         d = spec.describe()
         self.provenance = Provenance(scorer=d["name"], kind=d["kind"], fingerprint=d["fingerprint"],
-                                     mmrm_version=mmrm.__version__, engine=d["engine"], dtype=d["dtype"])
+                                     engine=d["engine"], dtype=d["dtype"])
         self.forward_calls = 0
 
     def score(self, samples: Any, *, references: Any = None) -> Any:

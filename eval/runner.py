@@ -6,7 +6,7 @@ finishes (one write + fsync). Killed at any moment and started again, it recompu
 not on disk: the pairs of the batch in flight, nothing else.
 
 The scorer is any :class:`~mmrm.rm.scorer.Scorer` (a reward model, a judge, a panel, a served model
-or judge through :class:`~mmrm.rm.client.RemoteScorer`): a pair it cannot score is recorded invalid
+or judge through :class:`~mmrm.client.RemoteScorer`): a pair it cannot score is recorded invalid
 with its reason and the run goes on, wherever the scorer runs. A stored record counts as done when
 its key matches and it was scored in the same presentation order (``chosen``); results that failed
 for a transient reason (:data:`TRANSIENT_ERRORS`) are retried by the next run.
@@ -137,7 +137,7 @@ def _score_chunk(scorer: Scorer, pairs: list[Any]) -> list[ScoreResult]:
     gets an invalid result (``scorer_exception``, retried by the next run) instead of ending the
     run. Errors of the service itself (unreachable, refusing) do end it: nothing could be scored.
     """
-    from mmrm.rm.client import ServiceError, TransportError
+    from mmrm.client import ServiceError, TransportError
 
     try:
         res = scorer.compare(pairs)

@@ -3,7 +3,7 @@ are stored under.
 
 The runner calls ``scorer.compare(pairs)``: a reward model in process (either engine), a judge
 (both orders, debiased), a panel, or a served model or judge through
-:class:`~mmrm.rm.client.RemoteScorer`. There are no per-kind wrappers; what identifies a scorer is
+:class:`~mmrm.client.RemoteScorer`. There are no per-kind wrappers; what identifies a scorer is
 its :attr:`~mmrm.rm.scorer.Scorer.provenance`. The **scorer key** is a hash of the parts of it that
 determine the scores (kind, engine, fingerprint of the checkpoint or of rubric + backend + judge
 config, dtype), so stored results are reused exactly when they would come out the same, and a
@@ -174,10 +174,10 @@ class ServiceSpec(BaseModel):
         return None  # the service's fingerprint is asked for in build()
 
     def build(self) -> Scorer:
-        """A :class:`~mmrm.rm.client.RemoteScorer` of the served model or judge."""
+        """A :class:`~mmrm.client.RemoteScorer` of the served model or judge."""
         import os
 
-        from mmrm.rm.client import Client, RemoteScorer
+        from mmrm.client import Client, RemoteScorer
 
         if (self.model is None) == (self.judge is None):
             raise ValueError("give exactly one of model= (a reward model) and judge= (a served judge)")

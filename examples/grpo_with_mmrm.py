@@ -16,7 +16,7 @@ The steps:
 3. **Reward model.** ``mmrm.train`` (Bradley-Terry, ``mlp2`` head, full fine-tuning) on those pairs;
    its held-out pairwise accuracy is reported.
 4. **GRPO.** TRL's ``GRPOTrainer`` on the policy with the reward model as its only reward,
-   through :func:`mmrm.rm.adapters.trl.trl_reward_func`, in-process. (Over HTTP, replace
+   through :func:`mmrm.rl.trl.trl_reward_func`, in-process. (Over HTTP, replace
    ``RewardFn.from_checkpoint(path)`` with ``RewardFn.remote(url, model=...)``: the same rewards, see
    tests/test_grpo.py.)
 5. **Before/after**, on held-out prompts, with the same sampling protocol: the mean reward the
@@ -192,8 +192,8 @@ class Result:
 def run(cfg: Config) -> Result:
     import torch
     from datasets import Dataset
-    from mmrm.rm.adapters.trl import trl_reward_func
-    from mmrm.rm.reward_fn import RewardFn
+    from mmrm.rl.trl import trl_reward_func
+    from mmrm.rl.reward_fn import RewardFn
     from mmrm.rm.tiny import build_tiny_model
     from mmrm.train import TrainConfig, train
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -137,13 +137,11 @@ class Judge:
 
     @property
     def provenance(self) -> Provenance:
-        import mmrm
 
         return Provenance(
             scorer=self.config.name or f"{self.rubric.name}@{self.backend.scorer_id}",
             kind="judge",
             fingerprint=self.fingerprint,
-            mmrm_version=mmrm.__version__,
             engine=self.backend.engine,
             dtype=self.backend.dtype,
         )

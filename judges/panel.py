@@ -84,11 +84,9 @@ class Panel:
     def provenance(self) -> Provenance:
         import hashlib
 
-        import mmrm
-
         fp = hashlib.sha256("|".join(j.fingerprint for j in self.judges).encode() + self.aggregate.encode()).hexdigest()[:16]
         engines = sorted({j.backend.engine for j in self.judges})
-        return Provenance(scorer=self.name, kind="judge", fingerprint=fp, mmrm_version=mmrm.__version__, engine="+".join(engines))
+        return Provenance(scorer=self.name, kind="judge", fingerprint=fp, engine="+".join(engines))
 
     def _combine(self, member_results: list[list[ScoreResult]], pairwise: bool) -> list[ScoreResult]:
         out = []

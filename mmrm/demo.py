@@ -35,7 +35,7 @@ def write_demo_config(workdir: Path, port: int) -> Path:
 
 def run_demo(workdir: Path, *, epochs: int = 5, limit: int | None = None, port: int = 8000,
              keep_serving: bool = True, console: Any = None) -> dict[str, Any]:
-    from mmrm.rm.client import Client
+    from mmrm.client import Client
     from mmrm.rm.types import Pair
     from mmrm.serve.run import start
 
@@ -51,7 +51,7 @@ def run_demo(workdir: Path, *, epochs: int = 5, limit: int | None = None, port: 
     row = json.loads((workdir / "data" / "eval.jsonl").read_text().splitlines()[0])
     image = str((workdir / "data" / row["images"][0]).resolve())
     prompt = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image}}, {"type": "text", "text": PROMPT}]}]
-    say(f"[3/3] POST {addr['url']}/v1/compare with the held-out image {image} (mmrm.rm.client)")
+    say(f"[3/3] POST {addr['url']}/v1/compare with the held-out image {image} (mmrm.client)")
     with Client(base_url=addr["url"], token=None) as client:
         res = client.compare([Pair(prompt=prompt, response_a=row["chosen"], response_b=row["rejected"])], model="digits")[0]
     res.raise_for_invalid()  # the service answers per item: a pair it could not score says why here

@@ -18,8 +18,6 @@ from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
-
-import mmrm
 from mmrm.rm import checkpoint as ckpt
 from mmrm.rm import packing
 from mmrm.rm.encode import _SEQUENCE_KEYS, Encoded, Encoder, collate
@@ -306,7 +304,7 @@ class RewardModel(nn.Module):
     def provenance(self) -> Provenance:
         return Provenance(
             scorer=self.name, kind="reward_model", fingerprint=self.fingerprint,
-            mmrm_version=mmrm.__version__, engine="hf", dtype=str(self.dtype).removeprefix("torch."),
+            engine="hf", dtype=str(self.dtype).removeprefix("torch."),
         )
 
     def encode(self, sample: Sample) -> Encoded:

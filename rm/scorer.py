@@ -1,7 +1,7 @@
 """The one scoring contract of mmrm: :class:`Scorer`.
 
 Every scorer (the reward model on either engine, a judge, a panel of judges, a model or judge
-served over HTTP through :class:`~mmrm.rm.client.RemoteScorer`) has the same three operations,
+served over HTTP through :class:`~mmrm.client.RemoteScorer`) has the same three operations,
 named the same everywhere, each returning one result per input item in input order:
 
 * :meth:`Scorer.score` — samples (prompt + one response) -> one :class:`~mmrm.rm.types.ScoreResult` each;

@@ -21,6 +21,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from mmrm.rm.errors import ErrorKind, error_from, error_kind_of
+from mmrm.rm.version import __version__
 
 Role = Literal["system", "user", "assistant"]
 
@@ -249,9 +250,9 @@ class Provenance(_Strict):
     """Which scorer produced a result, so a user can tell exactly what scored it."""
 
     scorer: str = Field(description="Scorer id: the model name in a service, or the checkpoint's name.")
-    kind: Literal["reward_model", "judge"]
+    kind: Literal["reward_model", "judge"] = Field(description="What kind of scorer: a reward model or a judge.")
     fingerprint: str = Field(description="Content hash of the checkpoint (reward model) or rubric+backend (judge).")
-    mmrm_version: str
+    mmrm_version: str = Field(default=__version__, description="The mmrm version that scored (this install's by default).")
     engine: str = Field(description="Engine or backend: hf, vllm, openai.")
     dtype: str | None = Field(default=None, description="Compute dtype of the backbone, if any.")
 

@@ -40,8 +40,6 @@ from typing import Any, Literal, Sequence
 import httpx
 import torch
 from torch import nn
-
-import mmrm
 from mmrm.rm import checkpoint as ckpt
 from mmrm.rm.encode import _SEQUENCE_KEYS, Encoded, Encoder, _template_messages
 from mmrm.rm.errors import BackendError, ConfigError, InputTooLong, MmrmError, UnsupportedInput
@@ -208,7 +206,7 @@ class VLLMRewardModel(RewardModel):
     @property
     def provenance(self) -> Provenance:
         return Provenance(scorer=self.name, kind="reward_model", fingerprint=self.fingerprint,
-                          mmrm_version=mmrm.__version__, engine="vllm", dtype=None)
+                          engine="vllm", dtype=None)
 
     def encode(self, sample: Sample) -> WireEncoded:
         enc: WireEncoded = super().encode(sample)  # type: ignore[assignment]

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from mmrm.rm.version import __version__
 from mmrm.rm.errors import ConfigError, InvalidInput, MmrmError, Overloaded, PayloadTooLarge
 from mmrm.rm.results import group_result, pair_result
 from mmrm.rm.types import Sample, ScoreResult
@@ -103,8 +104,6 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, DeploymentHandle],
                   judges: dict[str, DeploymentHandle] | None = None) -> FastAPI:
     """The FastAPI app. ``handles`` / ``judges`` map names to Serve handles of the reward-model and
     judge deployments."""
-    import mmrm
-
     token: str | None = None
     if cfg.auth.token_env:
         token = os.environ.get(cfg.auth.token_env)
@@ -120,7 +119,7 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, DeploymentHandle],
     openrlhf.warn_if_error_policy(cfg.compat.openrlhf.on_invalid)
     vllm_classify.warn_if_error_policy(cfg.compat.classify.on_invalid)
 
-    app = FastAPI(title="mmrm", version=mmrm.__version__,
+    app = FastAPI(title="mmrm", version=__version__,
                   description="Multimodal reward models and judges: score, compare, rank, judge.")
     install(app)
     app.add_middleware(BodyLimit, max_bytes=cfg.limits.max_body_bytes)

@@ -374,7 +374,7 @@ def digits_eval_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --------------------------------------------------------------------------------------------------
 # RL adapters (tests/test_adapters*.py, tests/test_grpo*.py): one more application on the SAME Serve.
 # OpenRLHF's and verl's clients send no Authorization header, so this app has no auth; it is sized with
-# mmrm.rm.adapters.openrlhf.size_service for a small OpenRLHF run (4 prompts x 4 samples per step).
+# mmrm.rl.openrlhf.size_service for a small OpenRLHF run (4 prompts x 4 samples per step).
 
 RL_COMPAT_ROLLOUT = {"rollout_batch_size": 4, "n_samples_per_prompt": 4}
 
@@ -384,7 +384,7 @@ def rl_compat_service(service: dict) -> dict:
     """``{"url", "args", "sizing"}`` of an auth-less app at ``/rlcompat`` scoring with the session's checkpoint."""
     from ray import serve
 
-    from mmrm.rm.adapters.openrlhf import size_service
+    from mmrm.rl.openrlhf import size_service
     from mmrm.serve.app import build_app
 
     sizing = size_service(**RL_COMPAT_ROLLOUT)

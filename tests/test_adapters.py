@@ -31,11 +31,11 @@ from functools import partial
 import numpy as np
 import pytest
 from helpers import image_array, png_data_uri
-from mmrm.rm.adapters import openrlhf as orl
-from mmrm.rm.adapters import trl as trl_adapter
-from mmrm.rm.adapters import verl
-from mmrm.rm.adapters.trl import trl_reward_func
-from mmrm.rm.reward_fn import RewardFn, RewardUnavailable, to_sample
+from mmrm.rl import openrlhf as orl
+from mmrm.rl import trl as trl_adapter
+from mmrm.rl import verl
+from mmrm.rl.trl import trl_reward_func
+from mmrm.rl.reward_fn import RewardFn, RewardUnavailable, to_sample
 
 IMG = png_data_uri(image_array(56, 56, seed=5))
 
@@ -135,7 +135,7 @@ def _get_custom_reward_fn(raw_fn, reward_kwargs):
 
 
 def _verl_row_extra(prompt, images):
-    # What a preprocessing script writes with mmrm.rm.adapters.verl.extra_info, after parquet + verl's
+    # What a preprocessing script writes with mmrm.rl.verl.extra_info, after parquet + verl's
     # non_tensor_batch: lists may come back as numpy object arrays; verl adds num_turns/rollout_reward_scores.
     info = verl.extra_info(prompt, images, split="train", index=0)
     info[verl.IMAGES_KEY] = np.array(info[verl.IMAGES_KEY], dtype=object)
@@ -184,7 +184,7 @@ def test_verl_failure_policies(rm, caplog):
 
 
 def test_verl_hybrid_with_ground_truth(rm):
-    from mmrm.rm.shaping import Shaping, sigmoid
+    from mmrm.rl.shaping import Shaping, sigmoid
 
     vr = verl.VerlReward(RewardFn(rm, shaping=Shaping(hybrid=True)))
     raw = RewardFn(rm)(["2+2?", "2+2?"], ["The answer is \\boxed{4}", "5"])

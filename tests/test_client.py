@@ -1,4 +1,4 @@
-"""mmrm.rm.client against a real HTTP server on 127.0.0.1 that scripts its answers.
+"""mmrm.client against a real HTTP server on 127.0.0.1 that scripts its answers.
 
 The server is the standard library's threading HTTP server: each test queues the answers it wants
 (status, headers, body) and reads back what the client sent (path, headers, JSON body, arrival time).
@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import pytest
 
-from mmrm.rm.client import AsyncClient, Client, RemoteScorer, ServiceError, TransportError
+from mmrm.client import AsyncClient, Client, RemoteScorer, ServiceError, TransportError
 from mmrm.rm.errors import InvalidInput, MmrmError
 from mmrm.rm.protocol import ItemResult
 from mmrm.rm.scorer import GroupResult, Scorer
@@ -177,7 +177,7 @@ def fast(url: str, **kw: Any) -> dict[str, Any]:
 
 
 def test_import_is_light():
-    code = "import mmrm.rm.client, sys; assert 'torch' not in sys.modules and 'ray' not in sys.modules"
+    code = "import mmrm.client, sys; assert 'torch' not in sys.modules and 'ray' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -511,7 +511,7 @@ def test_argument_checks():
 def test_docstring_examples_run():
     import doctest
 
-    import mmrm.rm.client as client_module
+    import mmrm.client.http as client_module
 
     res = doctest.testmod(client_module, optionflags=doctest.ELLIPSIS)
     assert res.failed == 0 and res.attempted > 0

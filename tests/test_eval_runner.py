@@ -181,7 +181,7 @@ def test_judge_swap_consistency_and_order_changes(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_service_scorer_matches_in_process(tmp_path: Path, service: dict, rm_scorer,
                                            digits_eval_data: Path) -> None:
-    from mmrm.rm.client import Client, RemoteScorer
+    from mmrm.client import Client, RemoteScorer
 
     items = load_preference(digits_eval_data, benchmark="digits", media=MediaOptions(inline=True), limit=8)
     with Client(base_url=service["url"], token=service["token"]) as client:

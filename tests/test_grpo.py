@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mmrm.rm.adapters.trl import trl_reward_func
-from mmrm.rm.reward_fn import RewardFn, to_sample
+from mmrm.rl.trl import trl_reward_func
+from mmrm.rl.reward_fn import RewardFn, to_sample
 
 pytestmark = pytest.mark.slow
 

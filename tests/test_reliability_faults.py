@@ -63,7 +63,7 @@ def inproc(rel_service: dict):
 
 
 def test_replica_killed_mid_batch_every_request_completes_with_right_scores(rel_service: dict, inproc) -> None:
-    from mmrm.rm.client import Client
+    from mmrm.client import Client
     from mmrm.rm.types import Sample
 
     reps = wait_for_replicas("rel", "model-tiny2", 2)

@@ -1,4 +1,4 @@
-"""The reward callable (mmrm.rm.reward_fn) and shaping (mmrm.rm.shaping).
+"""The reward callable (mmrm.rl.reward_fn) and shaping (mmrm.rl.shaping).
 
 In-process and remote paths score the same checkpoint (the session's ``reward_checkpoint``, a tiny
 Qwen2-VL with a seeded head) and must agree; shaping formulas are pinned against hand computations.
@@ -19,12 +19,12 @@ import sys
 import numpy as np
 import pytest
 from helpers import image_array, png_bytes, png_data_uri
-from mmrm.rm import reward_fn as rf
-from mmrm.rm import shaping as sh
+from mmrm.rl import reward_fn as rf
+from mmrm.rl import shaping as sh
 from mmrm.rm.errors import InvalidInput, UnsupportedInput
 from mmrm.rm.normalize import group_normalize
-from mmrm.rm.reward_fn import RewardFn, exact_match, media_source, to_sample
-from mmrm.rm.shaping import Shaping, apply_shaping, sigmoid
+from mmrm.rl.reward_fn import RewardFn, exact_match, media_source, to_sample
+from mmrm.rl.shaping import Shaping, apply_shaping, sigmoid
 from mmrm.rm.types import Sample
 
 IMG = png_data_uri(image_array(56, 56, seed=1))
@@ -156,8 +156,8 @@ def test_docstring_examples_run(module):
 
 
 def test_reward_side_imports_stay_light():
-    code = ("import sys, mmrm.rm.reward_fn, mmrm.rm.shaping, mmrm.rm.adapters.trl, mmrm.rm.adapters.verl, "
-            "mmrm.rm.adapters.openrlhf; heavy = [m for m in ('torch', 'ray', 'mmrm.serve', 'trl', 'transformers') "
+    code = ("import sys, mmrm.rl.reward_fn, mmrm.rl.shaping, mmrm.rl.trl, mmrm.rl.verl, "
+            "mmrm.rl.openrlhf; heavy = [m for m in ('torch', 'ray', 'mmrm.serve', 'trl', 'transformers') "
             "if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -286,7 +286,7 @@ def test_remote_request_level_refusal_raises_transient_failure_fails_items():
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{srv.server_address[1]}"
     try:
-        from mmrm.rm.client import ServiceError
+        from mmrm.client import ServiceError
 
         with RewardFn.remote(url, model="nope", token=None, max_retries=0) as fn:
             with pytest.raises(ServiceError) as ei:

@@ -11,7 +11,7 @@ An item the service cannot score (bad media, too long, ...) comes back as that i
 (``on_item_error="return"``, the default); ``on_item_error="fail"`` asks for a 422 naming it instead.
 :class:`RemoteScorer` makes a served model or judge a :class:`~mmrm.rm.scorer.Scorer`.
 
->>> from mmrm.rm.client import Client
+>>> from mmrm.client import Client
 >>> with Client(base_url="http://127.0.0.1:8000", token="secret") as client:  # doctest: +SKIP
 ...     results = client.score([{"prompt": "2+2?", "response": "4"}], model="rm-small")
 ...     results[0].value
@@ -384,7 +384,7 @@ class _BaseClient:
         self.base_url = (base_url if base_url is not None else os.environ.get(BASE_URL_ENV, DEFAULT_BASE_URL)).rstrip("/")
         if token is UNSET:
             token = os.environ.get(TOKEN_ENV) or None
-        from mmrm import __version__
+        from mmrm.rm.version import __version__
 
         self._headers: dict[str, str] = {"User-Agent": f"mmrm-client/{__version__}", "Accept": "application/json"}
         if token:
@@ -885,15 +885,13 @@ class RemoteScorer:
         return card
 
     def _provenance_of(self, card: Mapping[str, Any] | None) -> Provenance:
-        import mmrm
 
         fp = (card or {}).get("fingerprint")
         if fp is None:
             fp = "url-" + _digest(self.client.base_url, self.name, self.rubric)
         elif self.rubric is not None:  # the card's fingerprint is of the judge's default rubric
             fp = _digest(fp, self.rubric)
-        return Provenance(scorer=self.name, kind=self.kind, fingerprint=str(fp), mmrm_version=mmrm.__version__,
-                          engine=str((card or {}).get("engine") or "service"), dtype=(card or {}).get("dtype"))
+        return Provenance(scorer=self.name, kind=self.kind, fingerprint=str(fp), engine=str((card or {}).get("engine") or "service"), dtype=(card or {}).get("dtype"))
 
     # ---- the Scorer operations
 

@@ -6,7 +6,7 @@ numbers wherever the scorer runs:
 * **in-process**: a :class:`~mmrm.rm.reward_model.RewardModel` (``RewardFn(rm)`` or
   :meth:`RewardFn.from_checkpoint`), a judge built with the rubric to score by
   (``RewardFn(Judge("vqa", backend))``) or a panel;
-* **remote**: a running mmrm service through :class:`~mmrm.rm.client.RemoteScorer`
+* **remote**: a running mmrm service through :class:`~mmrm.client.RemoteScorer`
   (:meth:`RewardFn.remote`): a served reward model (``model=``, ``POST /v1/score``) or a served judge
   (``judge=`` + ``rubric=``, ``POST /v1/judge``). The service answers per item, exactly as the
   scorer does in process, so for the same checkpoint the two paths give the same rewards and the
@@ -30,7 +30,7 @@ Failures never become a silent number. An item that cannot be converted or score
 too long, judge output unreadable, request timed out after the client's retries) comes back as
 ``None`` with its reason in :attr:`RewardBatch.errors`; the call logs it (WARNING) and counts it in
 :attr:`RewardFn.stats`. What happens next is the adapter's documented policy (TRL: ``None``; verl:
-an error or a logged, counted fallback). Shaping (:mod:`mmrm.rm.shaping`) is applied here, once.
+an error or a logged, counted fallback). Shaping (:mod:`mmrm.rl.shaping`) is applied here, once.
 
 >>> fn = RewardFn(rm)                                           # doctest: +SKIP
 >>> fn(["2+2?", "2+2?"], ["4", "5"])                            # doctest: +SKIP
@@ -58,10 +58,8 @@ from typing import Any, Literal
 
 from mmrm.rm.errors import BackendError, InvalidInput, MmrmError, Overloaded, UnsupportedInput
 from mmrm.rm.scorer import Scorer
-from mmrm.rm.shaping import Shaped, Shaping, ShapingLog, apply_shaping
+from mmrm.rl.shaping import Shaped, Shaping, ShapingLog, apply_shaping
 from mmrm.rm.types import Message, Provenance, Sample, ScoreResult, as_response
-
-import mmrm
 
 __all__ = [
     "RewardBatch",
@@ -359,14 +357,14 @@ class RewardStats:
 
 
 def _provenance(name: str, kind: Literal["reward_model", "judge"], engine: str = "unknown") -> Provenance:
-    return Provenance(scorer=name, kind=kind, fingerprint="unknown", mmrm_version=mmrm.__version__, engine=engine)
+    return Provenance(scorer=name, kind=kind, fingerprint="unknown", engine=engine)
 
 
 def _transient(err: MmrmError) -> bool:
     """A failure of the call that says nothing about its items (the service unreachable, overloaded
     or failing after the client's retries): the items get no reward this time. Anything else (a
     request the service refuses as a whole: 401, 404, 422, 413) is a setup error and is raised."""
-    from mmrm.rm.client import ServiceError, TransportError
+    from mmrm.client import ServiceError, TransportError
 
     if isinstance(err, ServiceError):
         return err.retryable or err.status >= 500
@@ -388,9 +386,9 @@ class RewardFn:
     Args:
         scorer: any :class:`~mmrm.rm.scorer.Scorer`: a :class:`~mmrm.rm.reward_model.RewardModel`
             (either engine), a :class:`~mmrm.judges.Judge` (built with the rubric to score by), a
-            :class:`~mmrm.judges.Panel`, or a :class:`~mmrm.rm.client.RemoteScorer` (see
+            :class:`~mmrm.judges.Panel`, or a :class:`~mmrm.client.RemoteScorer` (see
             :meth:`remote`). Every sample goes through ``scorer.score``.
-        shaping: the shaping steps (:class:`~mmrm.rm.shaping.Shaping`); default: none.
+        shaping: the shaping steps (:class:`~mmrm.rl.shaping.Shaping`); default: none.
         verifier: ``(response_text, reference) -> bool`` for ``shaping.hybrid`` (default
             :func:`exact_match`).
         name: the name trainers log this reward under.
@@ -457,11 +455,11 @@ class RewardFn:
         **client_kwargs: Any,
     ) -> RewardFn:
         """A reward served by an mmrm service: ``model=`` (``/v1/score``) or ``judge=`` + ``rubric=``
-        (``/v1/judge``), through a :class:`~mmrm.rm.client.RemoteScorer` (``batch_size`` items per
+        (``/v1/judge``), through a :class:`~mmrm.client.RemoteScorer` (``batch_size`` items per
         request, ``concurrency`` requests in flight). ``client_kwargs`` go to
-        :class:`~mmrm.rm.client.Client` (``token``, ``timeout``, ``max_retries``, ``max_retry_time``,
+        :class:`~mmrm.client.Client` (``token``, ``timeout``, ``max_retries``, ``max_retry_time``,
         ...). Needs no torch. :meth:`close` closes the client."""
-        from mmrm.rm.client import Client, RemoteScorer
+        from mmrm.client import Client, RemoteScorer
 
         client = Client(base_url=base_url, **client_kwargs)
         try:

@@ -1,6 +1,6 @@
 """Reward shaping for RL: the ONE place where raw scores become the rewards a trainer sees.
 
-Every adapter (TRL, verl, OpenRLHF guidance) and :class:`mmrm.rm.reward_fn.RewardFn` call
+Every adapter (TRL, verl, OpenRLHF guidance) and :class:`mmrm.rl.reward_fn.RewardFn` call
 :func:`apply_shaping`; nothing else changes a reward. The steps run in this fixed order, each off
 unless configured:
 

@@ -25,7 +25,7 @@ Without ``mmrm_prompt`` the ``question`` key (verl's gsm8k/geo3k preprocessors w
 ``images`` without ``mmrm_images``. A row with neither prompt key fails (see the policy below).
 
 **Failure policy (verl needs a number).** ``on_invalid="raise"`` (default): a sample without a
-reward raises :class:`~mmrm.rm.reward_fn.RewardUnavailable` with its reason, which stops verl's
+reward raises :class:`~mmrm.rl.reward_fn.RewardUnavailable` with its reason, which stops verl's
 step (verl has no per-sample error slot). ``on_invalid="fallback"``: return ``fallback`` instead,
 log a WARNING with the reason, and count it (``RewardFn.stats.fallbacks_by_kind``); with
 ``return_dict=True`` (default) every result is ``{"score": s, "mmrm_invalid": 0.0 | 1.0}``, so the
@@ -34,7 +34,7 @@ fallbacks are also visible per sample in verl's ``reward_extra_info``.
 **Zero-code use.** This module's own :func:`compute_score`, :func:`compute_score_async` and
 :func:`compute_score_batch` read their settings from ``reward_kwargs``::
 
-    custom_reward_function.path=$(python -c 'import mmrm.rm.adapters.verl as m; print(m.__file__)')
+    custom_reward_function.path=$(python -c 'import mmrm.rl.verl as m; print(m.__file__)')
     custom_reward_function.name=compute_score_async
     +custom_reward_function.reward_kwargs.mmrm_url=http://rm.internal:8000
     +custom_reward_function.reward_kwargs.mmrm_model=rm-small
@@ -63,8 +63,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from mmrm.rm.reward_fn import RewardBatch, RewardFn, RewardUnavailable, media_source
-from mmrm.rm.shaping import Shaping
+from mmrm.rl.reward_fn import RewardBatch, RewardFn, RewardUnavailable, media_source
+from mmrm.rl.shaping import Shaping
 
 __all__ = [
     "VERL_COMMIT",
@@ -101,7 +101,7 @@ def _get(info: Any, key: str) -> Any:
 
 
 class VerlReward:
-    """verl ``compute_score`` functions (sync, async, batched) around a :class:`~mmrm.rm.reward_fn.RewardFn`.
+    """verl ``compute_score`` functions (sync, async, batched) around a :class:`~mmrm.rl.reward_fn.RewardFn`.
 
     Args:
         reward: the reward callable (in-process or remote).
@@ -147,7 +147,7 @@ class VerlReward:
                 reason = batch.errors[i] or "no reward"
                 if prompts[i] is None:
                     reason = (f"invalid_input: extra_info has no {PROMPT_KEY!r} (nor 'question'): verl passes the "
-                              "response only, so the prompt must ride in extra_info (see mmrm.rm.adapters.verl.extra_info)")
+                              "response only, so the prompt must ride in extra_info (see mmrm.rl.verl.extra_info)")
                 if self.on_invalid == "raise":
                     raise RewardUnavailable(f"mmrm reward {self.reward.name}: sample {i} has no reward ({reason}); set "
                                             "on_invalid='fallback' with a fallback score to train through failures")

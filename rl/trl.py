@@ -1,6 +1,6 @@
 """TRL ``GRPOTrainer`` reward functions backed by mmrm.
 
->>> from mmrm.rm.adapters.trl import trl_reward_func                     # doctest: +SKIP
+>>> from mmrm.rl.trl import trl_reward_func                     # doctest: +SKIP
 >>> trainer = GRPOTrainer(model=policy, reward_funcs=[trl_reward_func(RewardFn(rm))],
 ...                       args=GRPOConfig(...), train_dataset=dataset)    # doctest: +SKIP
 
@@ -32,7 +32,7 @@ unscorable: its reward stays NaN, it is left out of its group's mean and std (``
 ``reward`` mean, and TRL logs the warning "All reward functions returned None for the following
 kwargs ...". mmrm adds two things: each failure is logged with its reason and counted
 (``mmrm/invalid`` via TRL's ``log_metric``; an ``mmrm_error`` column in the completions table via
-``log_extra``), and a call in which EVERY sample failed raises :class:`~mmrm.rm.reward_fn.RewardUnavailable`
+``log_extra``), and a call in which EVERY sample failed raises :class:`~mmrm.rl.reward_fn.RewardUnavailable`
 by default (``on_all_failed="raise"``): a dead service or a broken checkpoint stops the run instead
 of training for hours on zero advantages. ``on_all_failed="none"`` returns the ``None`` list.
 
@@ -49,7 +49,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from mmrm.rm.reward_fn import RewardBatch, RewardFn, RewardUnavailable
+from mmrm.rl.reward_fn import RewardBatch, RewardFn, RewardUnavailable
 
 __all__ = ["TRL_COMMIT", "trl_reward_func"]
 
@@ -82,17 +82,17 @@ def trl_reward_func(
     """A GRPOTrainer reward function that scores with ``reward``.
 
     Args:
-        reward: the :class:`~mmrm.rm.reward_fn.RewardFn` (in-process or remote).
+        reward: the :class:`~mmrm.rl.reward_fn.RewardFn` (in-process or remote).
         name: the function's ``__name__`` (TRL's metric names); default ``reward.name``.
         images_column: the dataset column with each prompt's images (``None``: ignore images
             outside the prompt). ``"images"`` also reads TRL's single-image column ``image``.
         references_column: the dataset column with reference answers (judges with reference-guided
             rubrics, and the hybrid shaping step); ``None``: no references.
         on_all_failed: ``"raise"`` (default): a call where every sample failed raises
-            :class:`~mmrm.rm.reward_fn.RewardUnavailable`; ``"none"``: return the ``None`` list.
+            :class:`~mmrm.rl.reward_fn.RewardUnavailable`; ``"none"``: return the ``None`` list.
         asynchronous: return an ``async def`` function (TRL awaits it on its event loop, beside
             other async reward functions); the service path then never blocks a thread.
-        on_batch: called with each call's :class:`~mmrm.rm.reward_fn.RewardBatch` (tests, custom logs).
+        on_batch: called with each call's :class:`~mmrm.rl.reward_fn.RewardBatch` (tests, custom logs).
 
     Returns:
         ``f(prompts, completions, **kwargs) -> list[float | None]``.

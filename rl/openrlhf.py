@@ -48,7 +48,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mmrm.rm.reward_fn import media_source
+from mmrm.rl.reward_fn import media_source
 
 __all__ = ["CLIENT_TIMEOUT_S", "OPENRLHF_COMMIT", "Sizing", "check_service", "request_body", "size_service"]
 
