@@ -10,7 +10,7 @@ training, eval, the vLLM engine)::
     tokenizer*, chat_template.jinja,  tokenizer, processor and chat template
     processor_config.json
     head.safetensors                  the reward head (float32)
-    mmrm_reward.json                  RewardConfig below: head, pooling rule, pooled token
+    mmrm_reward.json                  CheckpointConfig below: head, pooling rule, pooled token
 
 A transformers ``*ForSequenceClassification`` checkpoint with one label (how many published
 reward models ship) has no ``mmrm_reward.json``; it loads as a ``linear`` head (its ``score``
@@ -42,7 +42,7 @@ class HeadConfig(BaseModel):
     inner_size: int | None = Field(default=None, gt=0, description="Width of mlp2's inner layer.")
 
 
-class RewardConfig(BaseModel):
+class CheckpointConfig(BaseModel):
     """``mmrm_reward.json``: what turns a backbone into a reward model."""
 
     model_config = ConfigDict(extra="forbid")
@@ -66,18 +66,18 @@ class RewardConfig(BaseModel):
     source: Literal["mmrm", "sequence_classification"] = "mmrm"
 
 
-def read_config(path: Path) -> RewardConfig | None:
-    """The checkpoint's RewardConfig, or None when the directory has no ``mmrm_reward.json``."""
+def read_config(path: Path) -> CheckpointConfig | None:
+    """The checkpoint's CheckpointConfig, or None when the directory has no ``mmrm_reward.json``."""
     f = path / CONFIG_NAME
     if not f.exists():
         return None
     try:
-        return RewardConfig.model_validate_json(f.read_text())
+        return CheckpointConfig.model_validate_json(f.read_text())
     except ValueError as e:
         raise ConfigError(f"invalid {CONFIG_NAME}: {e}", field=str(f)) from e
 
 
-def write_config(path: Path, cfg: RewardConfig) -> None:
+def write_config(path: Path, cfg: CheckpointConfig) -> None:
     (path / CONFIG_NAME).write_text(cfg.model_dump_json(indent=2) + "\n")
 
 

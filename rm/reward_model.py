@@ -63,7 +63,7 @@ def load_processor(path: Path) -> Any:
     return tf.AutoProcessor.from_pretrained(str(path)) if vision else tf.AutoTokenizer.from_pretrained(str(path))
 
 
-def load_head(path: Path, cfg: ckpt.RewardConfig, dtype: DType = "float32") -> RewardHead:
+def load_head(path: Path, cfg: ckpt.CheckpointConfig, dtype: DType = "float32") -> RewardHead:
     """An mmrm checkpoint's reward head, in ``dtype``."""
     from safetensors.torch import load_file
 
@@ -104,7 +104,7 @@ class RewardModel(nn.Module):
         backbone: nn.Module,
         processor: Any,
         head: RewardHead,
-        config: ckpt.RewardConfig,
+        config: ckpt.CheckpointConfig,
         *,
         media: MediaLoader | None = None,
         name: str = "reward-model",
@@ -162,7 +162,7 @@ class RewardModel(nn.Module):
                     p.zero_()
         enc = Encoder(processor)
         pool_token = _pool_token(enc)
-        cfg = ckpt.RewardConfig(
+        cfg = ckpt.CheckpointConfig(
             head=ckpt.HeadConfig(type=head_type, hidden_size=hidden, inner_size=head.inner_size),
             pool_token=pool_token,
             max_length=max_length,
@@ -246,7 +246,7 @@ class RewardModel(nn.Module):
             head.net.weight.copy_(score.weight.float())
             head.net.bias.copy_(score.bias.float() if score.bias is not None else torch.zeros(1))
         head.to(_DTYPES[head_dtype])
-        cfg = ckpt.RewardConfig(
+        cfg = ckpt.CheckpointConfig(
             head=ckpt.HeadConfig(type="linear", hidden_size=hidden),
             pool_token=_pool_token(Encoder(processor)),
             max_length=max_length or 4096,

@@ -60,7 +60,7 @@ class ServerRefused(BackendError):
     """The vLLM server refused a request (a 4xx answer): something in it, not the server, is wrong."""
 
 
-def _merged_config(path: Path) -> ckpt.RewardConfig:
+def _merged_config(path: Path) -> ckpt.CheckpointConfig:
     """The checkpoint's mmrm config; only merged weights can be served by vLLM."""
     cfg = ckpt.read_config(path)
     if cfg is None:
@@ -141,7 +141,7 @@ class VLLMRewardModel(RewardModel):
     #: ``/pooling`` requests (samples with images) in flight at once.
     max_concurrency: int = 16
 
-    def __init__(self, processor: Any, head: nn.Module, config: ckpt.RewardConfig, *, base_url: str,
+    def __init__(self, processor: Any, head: nn.Module, config: ckpt.CheckpointConfig, *, base_url: str,
                  served_model: str, timeout_s: float = 120.0, api_key: str | None = None, **kw: Any) -> None:
         # No backbone weights in this process: the server holds them.
         super().__init__(nn.Identity(), processor, head, config, **kw)  # type: ignore[arg-type]
