@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+# Setuptools' editable install always adds a notice ("be careful with folders in your working
+# directory with the same name as your package"): here the folder `mmrm/` IS the package's own
+# folder, so the notice never applies; it is filtered by its message, every other warning still shows.
+export PYTHONWARNINGS="${PYTHONWARNINGS:+$PYTHONWARNINGS,}ignore:Editable installation"
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
