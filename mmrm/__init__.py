@@ -34,10 +34,10 @@ _EXPORTS: dict[str, str] = {
     "Panel": "mmrm.judges.panel",
     "load_rubric": "mmrm.judges.rubrics",
     # the HTTP client
-    "Client": "mmrm.client.http",
-    "AsyncClient": "mmrm.client.http",
-    "RemoteScorer": "mmrm.client.http",
-    "ServiceError": "mmrm.client.http",
+    "Client": "mmrm.client.sync_client",
+    "AsyncClient": "mmrm.client.async_client",
+    "RemoteScorer": "mmrm.client.remote",
+    "ServiceError": "mmrm.client.errors",
     # RL
     "RewardFn": "mmrm.rl.reward_fn",
 }
@@ -59,7 +59,10 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs; never executed
-    from mmrm.client.http import AsyncClient, Client, RemoteScorer, ServiceError
+    from mmrm.client.async_client import AsyncClient
+    from mmrm.client.errors import ServiceError
+    from mmrm.client.remote import RemoteScorer
+    from mmrm.client.sync_client import Client
     from mmrm.judges.judge import Judge
     from mmrm.judges.panel import Panel
     from mmrm.judges.rubrics import load_rubric

@@ -280,6 +280,37 @@ def test_500_not_retried_non_json_body(server: Server):
     assert ei.value.status == 500 and ei.value.kind == "http_500" and len(server.script.seen) == 1
 
 
+def test_504_is_never_retried_and_502_is(server: Server):
+    # A 504 is the service's request deadline: re-sending the same request would redo (and stack) the
+    # abandoned work, so the client raises at once, however large its retry budget.
+    deadline = (504, {}, {"error": {"kind": "timeout", "message": "request deadline of 120 s exceeded"}})
+    server.script.answers.append(deadline)
+    with Client(**fast(server.url, max_retries=10, max_retry_time=60)) as c:
+        t0 = time.monotonic()
+        with pytest.raises(ServiceError) as ei:
+            c.score(samples(1), model="m")
+        assert time.monotonic() - t0 < 1.0
+        assert (ei.value.status, ei.value.kind, ei.value.retryable) == (504, "timeout", False)
+        assert len(server.script.seen) == 1
+        # a gateway's 502 is transient: retried, and the next answer is the service's
+        server.script.answers.append((502, {}, "bad gateway"))
+        assert [r.value for r in c.score(samples(1), model="m")] == [0.0]
+    assert [s.path for s in server.script.seen] == ["/v1/score"] * 3
+
+
+def test_async_504_is_never_retried(server: Server):
+    server.script.answers.append((504, {}, {"error": {"kind": "timeout", "message": "deadline"}}))
+
+    async def main() -> None:
+        async with AsyncClient(**fast(server.url, max_retries=10, max_retry_time=60)) as c:
+            with pytest.raises(ServiceError) as ei:
+                await c.score(samples(1), model="m")
+            assert ei.value.status == 504
+
+    asyncio.run(main())
+    assert len(server.script.seen) == 1
+
+
 def test_total_retry_time_cap(server: Server):
     busy = (503, {"Retry-After": "1"}, {"error": {"kind": "overloaded", "message": "busy"}})
     server.script.answers.extend([busy] * 20)
@@ -508,12 +539,13 @@ def test_argument_checks():
             c.score_many(samples(1), model="m", batch_size=0)
 
 
-def test_docstring_examples_run():
+@pytest.mark.parametrize("module", ["mmrm.client.errors", "mmrm.client.retry", "mmrm.client.sync_client",
+                                    "mmrm.client.async_client"])
+def test_docstring_examples_run(module: str):
     import doctest
+    import importlib
 
-    import mmrm.client.http as client_module
-
-    res = doctest.testmod(client_module, optionflags=doctest.ELLIPSIS)
+    res = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert res.failed == 0 and res.attempted > 0
 
 
