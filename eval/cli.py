@@ -91,7 +91,7 @@ def run(
     judge_rubric: Optional[str] = typer.Option(None, help="Run a judge in-process with this rubric."),
     judge_model: Optional[str] = typer.Option(None, help="The judge's checkpoint (hf) or served model name (openai)."),
     judge_base_url: Optional[str] = typer.Option(None, help="OpenAI-compatible /v1 URL: the judge runs there."),
-    judge_config: Optional[str] = typer.Option(None, help='JudgeConfig fields as JSON, e.g. \'{"min_label_mass": 0.2}\'.'),
+    judge_config: Optional[str] = typer.Option(None, help='JudgeOptions fields as JSON, e.g. \'{"min_label_mass": 0.2}\'.'),
     out: Path = typer.Option(Path("eval-out"), help="Report folder (results go to OUT/results.jsonl unless --results)."),
     results: Optional[Path] = typer.Option(None, help="Results file (append-only; a rerun resumes it)."),
     image_root: Optional[Path] = typer.Option(None, help="Folder the benchmark's media paths are relative to (default: the data file's)."),

@@ -130,14 +130,14 @@ class JudgeSpec(BaseModel):
     device: str = "cpu"
     dtype: str = "float32"
     media_roots: list[Path] = Field(default_factory=list)
-    config: dict[str, Any] = Field(default_factory=dict, description="JudgeConfig fields.")
+    config: dict[str, Any] = Field(default_factory=dict, description="JudgeOptions fields.")
 
     def key(self) -> str | None:
         return None  # a judge's fingerprint needs its backend; build() computes it
 
     def build(self) -> Scorer:
         """The :class:`~mmrm.judges.Judge`."""
-        from mmrm.judges import Judge, JudgeConfig
+        from mmrm.judges import Judge, JudgeOptions
         from mmrm.rm.media import MediaPolicy
 
         policy = MediaPolicy(allowed_roots=[p.resolve() for p in self.media_roots])
@@ -146,15 +146,12 @@ class JudgeSpec(BaseModel):
 
             backend: Any = HFJudgeBackend(self.model, device=self.device, dtype=self.dtype, media_policy=policy)
         else:
-            from mmrm.judges.backends.openai import (
-                OpenAIBackendConfig,
-                OpenAIJudgeBackend,
-            )
+            from mmrm.judges.backends.openai import OpenAIJudgeBackend
 
             if not self.base_url:
                 raise ValueError("an openai judge needs base_url")
-            backend = OpenAIJudgeBackend(OpenAIBackendConfig(base_url=self.base_url, model=self.model))
-        return Judge(self.rubric, backend, JudgeConfig(**self.config))
+            backend = OpenAIJudgeBackend(self.model, base_url=self.base_url)
+        return Judge(self.rubric, backend, JudgeOptions(**self.config))
 
 
 class ServiceSpec(BaseModel):

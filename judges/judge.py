@@ -1,6 +1,6 @@
 """The judge: a rubric + a backend -> one :class:`~mmrm.rm.types.ScoreResult` per item.
 
-How a score is read (``JudgeConfig.method``; ``auto`` picks the first the backend supports):
+How a score is read (``JudgeOptions.method``; ``auto`` picks the first the backend supports):
 
 1. ``logprobs``: the assistant turn is prefilled with ``<answer>`` and the next-token
    probabilities of the labels are read there (the verdict position). Scale scores are the expected
@@ -42,7 +42,7 @@ from mmrm.rm.types import Group, Message, Pair, Provenance, ResponseLike, Sample
 Method = Literal["auto", "logprobs", "json", "text"]
 
 
-class JudgeConfig(BaseModel):
+class JudgeOptions(BaseModel):
     """Settings of a judge that change its scores or bound its cost."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -97,10 +97,10 @@ class Judge:
         >>> judge.score([Sample(prompt="Hi", response="Hello!")])[0].value  # doctest: +SKIP
     """
 
-    def __init__(self, rubric: Rubric | str, backend: JudgeBackend, config: JudgeConfig | None = None) -> None:
+    def __init__(self, rubric: Rubric | str, backend: JudgeBackend, config: JudgeOptions | None = None) -> None:
         self.rubric = rubric if isinstance(rubric, Rubric) else load_rubric(rubric)
         self.backend = backend
-        self.config = config or JudgeConfig()
+        self.config = config or JudgeOptions()
         self.method: Literal["logprobs", "json", "text"] = self._resolve_method()
         self._checked: set[tuple[str, ...]] = set()
         self.fingerprint = self._fingerprint()

@@ -28,7 +28,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mmrm.judges.backends.openai import OpenAIBackendConfig
-from mmrm.judges.judge import JudgeConfig as JudgeOptions
+from mmrm.judges.judge import JudgeOptions
 from mmrm.judges.rubrics import list_rubrics
 from mmrm.rm.errors import ConfigError
 from mmrm.rm.media import MediaPolicy

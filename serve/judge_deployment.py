@@ -37,10 +37,9 @@ class JudgeServer:
             self.backend: Any = HFJudgeBackend(b.model, device=b.device, dtype=b.dtype, max_batch_size=b.max_batch_size,
                                                max_length=b.max_length, media_policy=policy)
         else:
-            from mmrm.judges.backends.openai import OpenAIBackendConfig, OpenAIJudgeBackend
+            from mmrm.judges.backends.openai import OpenAIJudgeBackend
 
-            self.backend = OpenAIJudgeBackend(OpenAIBackendConfig.model_validate(b.model_dump(exclude={"type"})),
-                                              media_policy=policy)
+            self.backend = OpenAIJudgeBackend(**b.model_dump(exclude={"type"}), media_policy=policy)
         # Requests name rubrics; only these (shipped names, or the operator's files by stem) resolve.
         self.rubrics: dict[str, Rubric] = {}
         for ref in self.cfg.rubrics:

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmrm.judges import Judge, JudgeConfig, Panel, list_rubrics, load_rubric
+from mmrm.judges import Judge, JudgeOptions, Panel, list_rubrics, load_rubric
 from mmrm.judges import prompts
 from mmrm.judges.panel import fleiss_kappa
 from mmrm.judges.parsing import ANSWER_OPEN, AnswerError, AnswerSchema, parse_slot
@@ -252,7 +252,7 @@ def _teacher_forced_label_probs(model_dir: Path, msgs, labels) -> dict[str, floa
 
 def test_hf_logprob_path_equals_teacher_forcing(backend, tiny_qwen2_vl: Path) -> None:
     rub = load_rubric("helpfulness")
-    judge = Judge(rub, backend, JudgeConfig(method="logprobs", min_label_mass=0.0))
+    judge = Judge(rub, backend, JudgeOptions(method="logprobs", min_label_mass=0.0))
     samples = [_edit_sample(), Sample(prompt="Describe a cat in one short sentence please.", response="A cat.")]
     results = judge.score(samples)  # one batch: different lengths, one with images (padding exercised)
     for s, r in zip(samples, results):
@@ -268,7 +268,7 @@ def test_hf_logprob_path_equals_teacher_forcing(backend, tiny_qwen2_vl: Path) ->
 
 def test_hf_pairwise_logprobs_equal_teacher_forcing(backend, tiny_qwen2_vl: Path) -> None:
     rub = load_rubric("image_editing")
-    judge = Judge(rub, backend, JudgeConfig(method="logprobs", min_label_mass=0.0))
+    judge = Judge(rub, backend, JudgeOptions(method="logprobs", min_label_mass=0.0))
     pair = Pair(prompt=_edit_sample().prompt, response_a=[_img(BLUE)], response_b=[_img(RED), {"type": "text", "text": "done"}])
     [r] = judge.compare([pair])
     _well_formed(r)
@@ -288,7 +288,7 @@ def test_hf_judgments_batch_into_one_forward(backend) -> None:
     calls = []
     handle = backend.model.register_forward_hook(lambda *a: calls.append(1))
     try:
-        judge = Judge("helpfulness", backend, JudgeConfig(method="logprobs", min_label_mass=0.0))
+        judge = Judge("helpfulness", backend, JudgeOptions(method="logprobs", min_label_mass=0.0))
         n = 5
         res = judge.score([Sample(prompt=f"q{i} " * (i + 1), response="a " * (i + 1)) for i in range(n)])
         assert len(calls) == 1 and all(r.ok for r in res)
@@ -302,7 +302,7 @@ def test_hf_judgments_batch_into_one_forward(backend) -> None:
     small = HFJudgeBackend(backend.path, max_batch_size=2)
     calls2 = []
     h2 = small.model.register_forward_hook(lambda *a: calls2.append(1))
-    Judge("helpfulness", small, JudgeConfig(min_label_mass=0.0)).score([Sample(prompt="q", response="a")] * 5)
+    Judge("helpfulness", small, JudgeOptions(min_label_mass=0.0)).score([Sample(prompt="q", response="a")] * 5)
     h2.remove()
     assert len(calls2) == 3  # ceil(5 / 2)
 
@@ -312,7 +312,7 @@ def test_hf_judgments_batch_into_one_forward(backend) -> None:
 
 
 def test_every_mode_returns_well_formed_results_with_images(backend) -> None:
-    cfg = JudgeConfig(method="logprobs", min_label_mass=0.0)
+    cfg = JudgeOptions(method="logprobs", min_label_mass=0.0)
     s = _edit_sample()
     [pw] = Judge("image_editing", backend, cfg).score([s])
     _well_formed(pw)
@@ -336,7 +336,7 @@ def test_every_mode_returns_well_formed_results_with_images(backend) -> None:
 
 
 def test_json_path_constrained_on_hf(backend) -> None:
-    judge = Judge("text_to_image", backend, JudgeConfig(method="json"))
+    judge = Judge("text_to_image", backend, JudgeOptions(method="json"))
     [r] = judge.score([Sample(prompt="a red square", response=[_img(RED)])])
     _well_formed(r)
     assert r.ok and r.details["method"] == "json"
@@ -348,7 +348,7 @@ def test_json_path_constrained_on_hf(backend) -> None:
     pq = json.loads(_reply(judge, r, "perceptual_quality"))["score"]
     want = (checklist_score(rub.dimensions[0].items, items) * 1.0 + (pq - 1) / 4 * 0.5) / 1.5
     assert r.value == pytest.approx(want)
-    [p] = Judge("helpfulness", backend, JudgeConfig(method="json")).compare([Pair(prompt="hi", response_a="hello", response_b="go away")])
+    [p] = Judge("helpfulness", backend, JudgeOptions(method="json")).compare([Pair(prompt="hi", response_a="hello", response_b="go away")])
     _well_formed(p)
     assert p.ok and p.value in (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -374,7 +374,7 @@ def test_unreadable_text_is_retried_then_invalid_and_budget_is_bounded(backend) 
 
     backend.generate = spy
     try:
-        judge = Judge("helpfulness", backend, JudgeConfig(method="text", max_retries=2, max_answer_tokens=6))
+        judge = Judge("helpfulness", backend, JudgeOptions(method="text", max_retries=2, max_answer_tokens=6))
         res = judge.score([Sample(prompt="hi", response="hello"), Sample(prompt="yo", response="hey")])
         assert [s[0] for s in seeds] == [(0, 0.0), (1, 0.7), (2, 0.7)]  # new seed per retry
         for r in res:
@@ -382,7 +382,7 @@ def test_unreadable_text_is_retried_then_invalid_and_budget_is_bounded(backend) 
             if not r.ok:  # a random model almost never closes the slot; if it did, the value is real
                 assert r.error_kind == "invalid_output" and "attempt 3" in r.invalid
         seeds.clear()
-        capped = Judge("helpfulness", backend, JudgeConfig(method="text", max_retries=2, max_answer_tokens=6, max_queries=2))
+        capped = Judge("helpfulness", backend, JudgeOptions(method="text", max_retries=2, max_answer_tokens=6, max_queries=2))
         res = capped.score([Sample(prompt="a", response="b")] * 3)
         assert sum(len(s) for s in seeds) <= 2 and sum(1 for _ in seeds) >= 1
         assert res[2].error_kind == "budget_exhausted"
@@ -393,7 +393,7 @@ def test_unreadable_text_is_retried_then_invalid_and_budget_is_bounded(backend) 
 def test_a_failed_item_never_fails_its_batch(backend) -> None:
     bad = Sample(prompt="x", response=[_img("file:///etc/passwd")])
     good = Sample(prompt="x", response="fine")
-    r_bad, r_good = Judge("helpfulness", backend, JudgeConfig(min_label_mass=0.0)).score([bad, good])
+    r_bad, r_good = Judge("helpfulness", backend, JudgeOptions(min_label_mass=0.0)).score([bad, good])
     assert not r_bad.ok and r_bad.error_kind == "media_forbidden" and r_good.ok
 
 
@@ -409,7 +409,7 @@ def test_fingerprint_changes_with_rubric_and_config(backend) -> None:
     a = Judge("helpfulness", backend).fingerprint
     assert a == Judge("helpfulness", backend).fingerprint
     assert a != Judge("vqa", backend).fingerprint
-    assert a != Judge("helpfulness", backend, JudgeConfig(min_label_mass=0.1)).fingerprint
+    assert a != Judge("helpfulness", backend, JudgeOptions(min_label_mass=0.1)).fingerprint
 
 
 # ------------------------------------------------------------------------------------------------
@@ -417,8 +417,8 @@ def test_fingerprint_changes_with_rubric_and_config(backend) -> None:
 
 
 def test_panel_aggregates_and_reports_agreement(backend) -> None:
-    j1 = Judge("helpfulness", backend, JudgeConfig(min_label_mass=0.0, name="lp"))
-    j2 = Judge("helpfulness", backend, JudgeConfig(method="json", name="js"))
+    j1 = Judge("helpfulness", backend, JudgeOptions(min_label_mass=0.0, name="lp"))
+    j2 = Judge("helpfulness", backend, JudgeOptions(method="json", name="js"))
     panel = Panel([j1, j2])
     samples = [Sample(prompt="hi", response="hello"), Sample(prompt="2+2?", response="4")]
     res = panel.score(samples)
@@ -432,7 +432,7 @@ def test_panel_aggregates_and_reports_agreement(backend) -> None:
     verdicts = [m["verdict"] for m in out[0].details["members"]]
     assert out[0].details["agreement"] == (1.0 if verdicts[0] == verdicts[1] else 0.0)
     assert kappa is None  # one item: undefined
-    strict_member = Judge("helpfulness", backend, JudgeConfig(name="strict"))  # min_label_mass 0.5: a random tiny model misses it
+    strict_member = Judge("helpfulness", backend, JudgeOptions(name="strict"))  # min_label_mass 0.5: a random tiny model misses it
     strict = Panel([j1, strict_member], min_valid=2)
     [r] = strict.score(samples[:1])
     # the kind is the failed member's (in the shared vocabulary), the reason says how many failed
@@ -443,8 +443,8 @@ def test_panel_aggregates_and_reports_agreement(backend) -> None:
 def test_judge_and_panel_are_scorers_rank_is_pointwise_normalized_per_group(backend) -> None:
     from mmrm.rm.scorer import GroupResult, Scorer
 
-    judge = Judge("helpfulness", backend, JudgeConfig(min_label_mass=0.0))
-    panel = Panel([judge, Judge("helpfulness", backend, JudgeConfig(min_label_mass=0.0, name="second"))])
+    judge = Judge("helpfulness", backend, JudgeOptions(min_label_mass=0.0))
+    panel = Panel([judge, Judge("helpfulness", backend, JudgeOptions(min_label_mass=0.0, name="second"))])
     bad = [_img("file:///etc/passwd")]  # refused by the media policy: that response alone is invalid
     groups = [Group(prompt="Name a colour.", responses=["Blue.", "Seven.", "A colour.", bad]),
               Group(prompt="2+2?", responses=["4"])]

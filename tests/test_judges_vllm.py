@@ -9,15 +9,16 @@ are compared with the ``hf`` backend on the same checkpoint directly, not renorm
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from helpers import image_part, image_uri, text_part
-from mmrm.judges import Judge, JudgeConfig, load_rubric, prompts
+from mmrm.judges import Judge, JudgeOptions, load_rubric, prompts
 from mmrm.judges.backends.base import LabelRequest
 from mmrm.judges.backends.hf import HFJudgeBackend
-from mmrm.judges.backends.openai import OpenAIBackendConfig, OpenAIJudgeBackend
+from mmrm.judges.backends.openai import OpenAIJudgeBackend
 from mmrm.judges.parsing import ANSWER_OPEN
 from mmrm.rm.types import Pair, Sample
 
@@ -27,8 +28,9 @@ ATOL = 1e-4
 
 
 @pytest.fixture()
-def backend(vllm_server) -> OpenAIJudgeBackend:
-    return OpenAIJudgeBackend(OpenAIBackendConfig(base_url=vllm_server.base_url, model=vllm_server.model, timeout_s=120))
+def backend(vllm_server) -> Iterator[OpenAIJudgeBackend]:
+    with OpenAIJudgeBackend(vllm_server.model, base_url=vllm_server.base_url, timeout_s=120) as b:
+        yield b
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def test_vllm_label_probs_equal_hf_backend_with_images(backend, hf_backend) -> N
 
 
 def test_vllm_judge_scores_and_pairs_equal_hf_backend(backend, hf_backend) -> None:
-    cfg = JudgeConfig(method="logprobs", min_label_mass=0.0)
+    cfg = JudgeOptions(method="logprobs", min_label_mass=0.0)
     got, want = Judge("helpfulness", backend, cfg).score(SAMPLES), Judge("helpfulness", hf_backend, cfg).score(SAMPLES)
     for g, w in zip(got, want):
         assert g.ok and w.ok and g.provenance.engine == "openai" and w.provenance.engine == "hf"
@@ -101,13 +103,13 @@ def test_vllm_judge_sends_data_uris_of_validated_media(backend) -> None:
     fetch = Sample(prompt=[{"role": "user", "content": [image_part("http://127.0.0.1:9/x.png"), text_part("?")]}],
                    response="hm")
     before = backend.calls
-    r_bad, r_ok = Judge("helpfulness", backend, JudgeConfig(method="logprobs", min_label_mass=0.0)).score([fetch, SAMPLES[1]])
+    r_bad, r_ok = Judge("helpfulness", backend, JudgeOptions(method="logprobs", min_label_mass=0.0)).score([fetch, SAMPLES[1]])
     assert not r_bad.ok and r_bad.error_kind not in (None, "backend_error") and r_ok.ok
     assert backend.calls - before == 1  # the refused image never became a request
 
 
 def test_vllm_schema_constrained_json(backend) -> None:
-    judge = Judge("helpfulness", backend, JudgeConfig(method="json", max_json_tokens=48, max_retries=1))
+    judge = Judge("helpfulness", backend, JudgeOptions(method="json", max_json_tokens=48, max_retries=1))
     res = judge.score([Sample(prompt=f"say {w}", response=w) for w in ("yes", "no", "maybe")])
     n_ok = 0
     for r in res:
@@ -118,14 +120,14 @@ def test_vllm_schema_constrained_json(backend) -> None:
             n_ok += 1
         else:  # a random model may fill the grammar with whitespace: explicit, never a crash
             assert r.error_kind == "invalid_output"
-    [p] = Judge("helpfulness", backend, JudgeConfig(method="json", max_json_tokens=48, max_retries=1)).compare(
+    [p] = Judge("helpfulness", backend, JudgeOptions(method="json", max_json_tokens=48, max_retries=1)).compare(
         [Pair(prompt="hi", response_a="hello", response_b="bye")])
     assert p.ok or p.error_kind == "invalid_output"
 
 
 def test_vllm_truncated_json_comes_back_invalid(backend) -> None:
     # Eight tokens cannot hold the six-key checklist object: the server's JSON is cut off.
-    judge = Judge("text_to_image", backend, JudgeConfig(method="json", max_json_tokens=8, max_retries=2))
+    judge = Judge("text_to_image", backend, JudgeOptions(method="json", max_json_tokens=8, max_retries=2))
     res = judge.score([Sample(prompt="a red square", response="a picture of a red square")] * 2)
     for r in res:
         assert not r.ok and r.value is None and r.error_kind == "invalid_output"
@@ -139,6 +141,6 @@ def test_vllm_truncated_json_comes_back_invalid(backend) -> None:
 def test_vllm_call_cap(backend) -> None:
     text_only = Sample(prompt="hi", response="hello")
     before = backend.calls
-    capped = Judge("helpfulness", backend, JudgeConfig(method="logprobs", min_label_mass=0.0, max_queries=2))
+    capped = Judge("helpfulness", backend, JudgeOptions(method="logprobs", min_label_mass=0.0, max_queries=2))
     res = capped.score([text_only] * 4)
     assert backend.calls - before == 2 and [r.error_kind for r in res[2:]] == ["budget_exhausted"] * 2

@@ -219,17 +219,17 @@ def test_shaping_is_applied_once_and_logged(rm):
 
 
 def test_judge_as_reward(tiny_qwen2_vl):
-    from mmrm.judges import Judge, JudgeConfig
+    from mmrm.judges import Judge, JudgeOptions
     from mmrm.judges.backends.hf import HFJudgeBackend
 
-    judge = Judge("helpfulness", HFJudgeBackend(str(tiny_qwen2_vl)), JudgeConfig(min_label_mass=0.0))
+    judge = Judge("helpfulness", HFJudgeBackend(str(tiny_qwen2_vl)), JudgeOptions(min_label_mass=0.0))
     samples = [Sample(prompt="2+2?", response="4"), Sample(prompt="Name a colour.", response="Blue.")]
     want = [r.value for r in judge.score(samples)]
     fn = RewardFn(judge)
     assert fn.kind == "judge" and fn([s.prompt for s in samples], [s.response for s in samples]) == want
     vqa = Judge("vqa", judge.backend, judge.config)  # another rubric: a judge built for it, same backend
     assert RewardFn(vqa).scorer is vqa
-    strict = RewardFn(Judge("helpfulness", judge.backend, JudgeConfig(min_label_mass=1.0)))
+    strict = RewardFn(Judge("helpfulness", judge.backend, JudgeOptions(min_label_mass=1.0)))
     batch = strict.reward_batch(samples)  # a random tiny judge never puts all its mass on the labels
     assert batch.rewards == [None, None] and all(e.startswith("low_label_mass") for e in batch.errors)
 
@@ -349,12 +349,12 @@ def test_remote_mixed_failures_are_per_item_like_in_process(service, rm):
 
 @pytest.mark.slow
 def test_remote_judge_equals_in_process_judge(service):
-    from mmrm.judges import Judge, JudgeConfig
+    from mmrm.judges import Judge, JudgeOptions
     from mmrm.judges.backends.hf import HFJudgeBackend
 
     prompts, completions = ["2+2?", [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}]], ["4", "A cat."]
     images = [None, [IMG]]
-    local = RewardFn(Judge("helpfulness", HFJudgeBackend(str(service["judge_model"])), JudgeConfig(min_label_mass=0.0)))
+    local = RewardFn(Judge("helpfulness", HFJudgeBackend(str(service["judge_model"])), JudgeOptions(min_label_mass=0.0)))
     with RewardFn.remote(service["url"], judge="judge", rubric="helpfulness", token=service["token"]) as remote:
         got = remote(prompts, completions, images=images)
     want = local(prompts, completions, images=images)

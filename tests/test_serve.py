@@ -83,7 +83,7 @@ def test_compare_and_rank(service: dict, inproc) -> None:
 
 def test_judge_route_with_image_matches_in_process_judge(service: dict) -> None:
     from mmrm.judges.backends.hf import HFJudgeBackend
-    from mmrm.judges.judge import Judge, JudgeConfig
+    from mmrm.judges.judge import Judge, JudgeOptions
     from mmrm.rm.types import Pair, Sample
 
     prompt = _img_prompt(png_data_uri(np.full((56, 56, 3), 30, dtype=np.uint8)), "Describe the image.")
@@ -91,7 +91,7 @@ def test_judge_route_with_image_matches_in_process_judge(service: dict) -> None:
     r = _post(service, "/v1/judge", {"judge": "judge", "rubric": "helpfulness", "items": items})
     assert r.status_code == 200, r.text
     data = r.json()["data"]
-    judge = Judge("helpfulness", HFJudgeBackend(service["judge_model"]), JudgeConfig(min_label_mass=0.0))
+    judge = Judge("helpfulness", HFJudgeBackend(service["judge_model"]), JudgeOptions(min_label_mass=0.0))
     want = judge.score([Sample.model_validate(s) for s in items])
     for d, w in zip(data, want):
         assert d["provenance"]["kind"] == "judge" and d["provenance"]["fingerprint"] == w.provenance.fingerprint
