@@ -1,10 +1,18 @@
-"""Shared test utilities: images as data URIs, and a few conversations with media."""
+"""Shared test utilities: images as data URIs, a few conversations with media, one way to wait for
+a condition (:func:`wait_until`) and one way to pick a free port (:func:`free_port`).
+
+Imported by tests and by tests/vllm_server.py (a script too, run by the project's python): it
+imports numpy, pillow and pydantic, never mmrm or torch (tests/test_layout.py checks).
+"""
 
 from __future__ import annotations
 
 import base64
 import io
-from typing import Any
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -73,3 +81,49 @@ class VllmErrorResponse(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     error: VllmErrorInfo
+
+
+# ------------------------------------------------------------------------------ waiting and ports
+
+T = TypeVar("T")
+
+
+class WaitTimeout(AssertionError, TimeoutError):
+    """:func:`wait_until` ran out of time: a test failure (AssertionError) that says what it waited for.
+
+    Also a TimeoutError, for the few callers whose wait is best effort (``contextlib.suppress``)."""
+
+
+def wait_until(predicate: Callable[[], T], *, timeout: float, interval: float = 0.5,
+               message: str | Callable[[], str] = "the condition did not hold",
+               ignore: tuple[type[BaseException], ...] = ()) -> T:
+    """Call ``predicate`` every ``interval`` seconds until it returns a truthy value, and return it.
+
+    ``predicate`` runs at least once, even with ``timeout=0``. An exception it raises ends the wait
+    (so a predicate can assert that a server process is still alive), except one of ``ignore``,
+    which counts as "not yet" (``httpx.TransportError`` while a server starts). After ``timeout``
+    seconds it raises :class:`WaitTimeout` with ``message``; a callable message is built only then
+    (e.g. the tail of a log file written during the wait), and the last ignored error is chained.
+    """
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+        except ignore as e:
+            last, value = e, None
+        if value:
+            return value
+        left = deadline - time.monotonic()
+        if left <= 0:
+            text = message() if callable(message) else message
+            raise WaitTimeout(f"{text} (waited {timeout:g} s)") from last
+        time.sleep(min(interval, left))
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that the OS reports free (bind to port 0); it stays free until someone
+    binds it, so pass it straight to the server that needs it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

