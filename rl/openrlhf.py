@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mmrm.rl.reward_fn import media_source
+from mmrm.rm import service_defaults
 
 __all__ = ["CLIENT_TIMEOUT_S", "OPENRLHF_COMMIT", "Sizing", "check_service", "request_body", "size_service"]
 
@@ -59,9 +60,10 @@ CLIENT_TIMEOUT_S = 180.0
 CLIENT_TRIES = 5
 CLIENT_RETRY_PAUSE_S = 1.0
 
-# The service's defaults (mmrm.serve.config; tests check that these stay equal).
-_DEFAULTS = {"max_inflight": 256, "max_ongoing_requests": 64, "max_queued_requests": 256, "num_replicas": 1,
-             "request_timeout_s": 120.0}
+# What a serve config means when it leaves a knob out (rl never imports serve: it pulls in Ray).
+_DEFAULTS = {"max_inflight": service_defaults.MAX_INFLIGHT, "max_ongoing_requests": service_defaults.MAX_ONGOING_REQUESTS,
+             "max_queued_requests": service_defaults.MAX_QUEUED_REQUESTS, "num_replicas": service_defaults.NUM_REPLICAS,
+             "request_timeout_s": service_defaults.REQUEST_TIMEOUT_S}
 
 
 def request_body(queries: Sequence[str], prompts: Sequence[str], labels: Sequence[Any],

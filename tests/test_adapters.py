@@ -311,12 +311,17 @@ def test_openrlhf_sized_service_takes_a_training_burst_on_first_try(rl_compat_se
 
 
 def test_openrlhf_sizing_rules_and_defaults_match_the_service():
+    from mmrm.rm import service_defaults as d
     from mmrm.serve.config import Admission, Limits, ModelConfig
 
-    assert orl._DEFAULTS == {
-        "max_inflight": Admission().max_inflight, "request_timeout_s": Limits().request_timeout_s, "num_replicas": 1,
-        "max_ongoing_requests": ModelConfig.model_fields["max_ongoing_requests"].default,
-        "max_queued_requests": ModelConfig.model_fields["max_queued_requests"].default}
+    # the shared defaults are the serve config's (read from a config that leaves every knob out)
+    assert (d.MAX_INFLIGHT, d.REQUEST_TIMEOUT_S) == (Admission().max_inflight, Limits().request_timeout_s)
+    entry = ModelConfig(name="m", checkpoint="/models/m")
+    assert (d.NUM_REPLICAS, d.MAX_ONGOING_REQUESTS, d.MAX_QUEUED_REQUESTS) == (
+        entry.num_replicas, entry.max_ongoing_requests, entry.max_queued_requests)
+    assert orl._DEFAULTS == {"max_inflight": d.MAX_INFLIGHT, "request_timeout_s": d.REQUEST_TIMEOUT_S,
+                             "num_replicas": d.NUM_REPLICAS, "max_ongoing_requests": d.MAX_ONGOING_REQUESTS,
+                             "max_queued_requests": d.MAX_QUEUED_REQUESTS}
     s = orl.size_service(rollout_batch_size=64, n_samples_per_prompt=8, eval_batch_size=256, eval_n_samples_per_prompt=4,
                          items_per_s_per_replica=5)
     assert s.peak_requests == 1024 and s.num_replicas == 4 and s.request_timeout_s < orl.CLIENT_TIMEOUT_S
