@@ -247,6 +247,41 @@ def test_constructor_checks(rm):
         RewardFn(rm)(["a", "b"], ["x"])
 
 
+def test_any_scorer_through_the_interface_only():
+    """A scorer mmrm has never heard of: RewardFn reaches it through ``score`` and ``provenance``
+    only (no dispatch on its class, no rebuilding it), with the references of the items."""
+    from mmrm.rm.scorer import rank_pointwise
+    from mmrm.rm.types import Provenance, ScoreResult
+
+    class LengthScorer:
+        """The reward is the response's length; an empty response cannot be scored."""
+
+        provenance = Provenance(scorer="length", kind="judge", fingerprint="len-1", engine="python")
+
+        def __init__(self) -> None:
+            self.seen_refs: list[object] = []
+
+        def score(self, samples, *, references=None):
+            self.seen_refs.append(references)
+            return [ScoreResult(value=float(len(s.response.text)), provenance=self.provenance) if s.response.text
+                    else ScoreResult(value=None, invalid="empty", error_kind="invalid_input", provenance=self.provenance)
+                    for s in samples]
+
+        def compare(self, pairs, *, references=None):
+            raise AssertionError("RewardFn scores samples only")
+
+        def rank(self, groups, *, references=None):
+            return rank_pointwise(self.score, groups, references=references)
+
+    scorer = LengthScorer()
+    fn = RewardFn(scorer, name="len")
+    assert fn.kind == "judge"
+    batch = fn.score_inputs(["q1", "q2", "q3"], ["abc", "", "hello"], references=["r1", None, "r3"])
+    assert batch.rewards == [3.0, None, 5.0] and batch.errors[1] == "invalid_input: empty"
+    assert scorer.seen_refs == [["r1", None, "r3"]]
+    assert fn(["q"], ["four"]) == [4.0] and scorer.seen_refs[-1] is None
+
+
 # ==================================================================================================
 # Remote: the same checkpoint through the running service
 
