@@ -8,8 +8,10 @@
 | ``rewardbench`` | text-only ``prompt, chosen, rejected, subset, id`` (JSONL, Parquet, or a ``datasets`` dataset) | its four sections (Chat, Chat Hard, Safety, Reasoning) over 23 subsets |
 | ``preference`` | generic ``prompt, chosen, rejected`` + optional ``images``/``image``, ``id``, ``category``, ``group`` (JSONL, JSON, Parquet, ``datasets``) | the ``category`` column, else ``all`` |
 
-Media: a reference that is not a data URI or URL is a path relative to ``MediaOptions.image_root``
-(default: the data file's folder). A missing file is never skipped silently: by default the loader
+Media: a reference is read by the one source classifier, :func:`mmrm.rm.media.classify_source`, as
+the scorer will read it: a data URI, bare base64 or a URL passes unchanged (the scorer's media policy
+decides on it, and refuses every scheme but http(s)); only a path is resolved, relative to
+``MediaOptions.image_root`` (default: the data file's folder). A missing file is never skipped silently: by default the loader
 refuses (:class:`MissingMedia`, with the count and the fix); with ``missing="placeholder"`` it puts a
 generated image in its place and lists the reference in ``EvalItem.placeholder_media``, and every
 result scored from that item is marked.
@@ -17,18 +19,16 @@ result scored from that item is marked.
 
 from __future__ import annotations
 
-import base64
 import functools
 import hashlib
-import io
 import json
-import mimetypes
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Union
 
 from mmrm.eval.items import EvalItem, KeyMaker, Order, Side, chosen_side, make_pair
 from mmrm.rm.errors import InvalidInput
+from mmrm.rm.media import classify_source, to_data_uri
 from mmrm.rm.types import Message, as_response
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -142,18 +142,17 @@ def placeholder_image(ref: str, size: tuple[int, int] = (64, 64)) -> str:
     step = 4 + h[3] % 8
     for x in range(-size[1], size[0], step * 2):
         draw.line([(x, 0), (x + size[1], size[1])], fill=(h[4], h[5], h[6]), width=step)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return to_data_uri(img)
 
 
 def _is_inline_or_url(ref: str) -> bool:
-    return ref.startswith(("data:", "http://", "https://"))
+    """Whether ``ref`` is media itself or a URL (passed on unchanged) rather than a local path."""
+    # An empty reference is a missing file here (the loader's refusal names the benchmark's fix).
+    return bool(ref.strip()) and classify_source(ref).kind != "path"
 
 
 def _data_uri(path: Path) -> str:
-    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    return to_data_uri(path.read_bytes())
 
 
 def _image_value(value: Any) -> str | None:
@@ -164,12 +163,10 @@ def _image_value(value: Any) -> str | None:
         return value
     if isinstance(value, Mapping):
         if value.get("bytes"):
-            return "data:image/png;base64," + base64.b64encode(value["bytes"]).decode("ascii")
+            return to_data_uri(bytes(value["bytes"]))
         return value.get("path")
     if hasattr(value, "save"):  # a PIL image (datasets decodes Image features to these)
-        buf = io.BytesIO()
-        value.convert("RGB").save(buf, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        return to_data_uri(value)  # lossless, alpha kept: the media loader composites it on white
     raise InvalidInput(f"cannot read an image from a {type(value).__name__}", field="image")
 
 

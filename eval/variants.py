@@ -3,12 +3,10 @@ with a uniform image of the same size (the image-reliance probe)."""
 
 from __future__ import annotations
 
-import base64
-import io
 from typing import Any, Literal
 
 from mmrm.rm.errors import MmrmError
-from mmrm.rm.media import MediaLoader
+from mmrm.rm.media import MediaLoader, to_data_uri
 from mmrm.rm.types import Pair
 
 Variant = Literal["original", "blank"]
@@ -33,9 +31,7 @@ class Blanker:
         if size not in self._uris:
             from PIL import Image
 
-            buf = io.BytesIO()
-            Image.new("RGB", size, self.fill).save(buf, format="PNG")
-            self._uris[size] = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+            self._uris[size] = to_data_uri(Image.new("RGB", size, self.fill))
         return self._uris[size]
 
     def _size(self, source: str) -> tuple[int, int]:

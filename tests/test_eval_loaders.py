@@ -310,3 +310,44 @@ def test_vendored_rows_match_the_shared_copy(rel: str) -> None:
     if not (SHARED / rel).is_file():
         pytest.skip("no shared data beside this checkout to compare the vendored copy with")
     assert (VENDORED / rel).read_bytes() == (SHARED / rel).read_bytes()
+
+
+def test_media_references_are_read_by_the_one_source_classifier(tmp_path: Path) -> None:
+    # Bare base64 is media, not a file name (it used to be looked up as a path under the image root:
+    # missing, or an OSError for a name longer than the file system allows); a URL of any scheme is
+    # passed on for the scorer's media policy to judge; only a path is resolved.
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from mmrm.rm.errors import MediaForbidden
+    from mmrm.rm.media import MediaLoader, MediaPolicy
+
+    arr = np.random.default_rng(7).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    bare = base64.b64encode(buf.getvalue()).decode("ascii")
+    assert len(bare) > 4096  # longer than any file name
+    Image.fromarray(arr).save(tmp_path / "local.png")
+    refs = [bare, "file:///etc/passwd", "local.png"]
+    rows = [{"id": f"r{i}", "prompt": "Which?", "chosen": "a", "rejected": "b", "image": ref} for i, ref in enumerate(refs)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    items = load_vl_rewardbench(tmp_path / "d.jsonl")  # missing media are refused: none is missing
+    urls = [it.pair.prompt[0].content[0].url for it in items]
+    assert urls == [bare, "file:///etc/passwd", str((tmp_path / "local.png").resolve())]
+    assert not any(it.uses_placeholders for it in items)
+    loader = MediaLoader(MediaPolicy(allowed_roots=[tmp_path]))
+    assert (np.asarray(loader.load_image(urls[0])) == arr).all()
+    assert (np.asarray(loader.load_image(urls[2])) == arr).all()
+    with pytest.raises(MediaForbidden):
+        loader.load_image(urls[1])
+
+    # Inlined files keep their bytes; the MIME type comes from the bytes, not the file name.
+    (tmp_path / "named.jpg").write_bytes(buf.getvalue())  # a PNG behind a .jpg name
+    rows = [{"id": "x", "prompt": "Which?", "chosen": "a", "rejected": "b", "image": "named.jpg"}]
+    (tmp_path / "e.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    (it,) = load_vl_rewardbench(tmp_path / "e.jsonl", media=MediaOptions(inline=True))
+    assert it.pair.prompt[0].content[0].url == "data:image/png;base64," + bare

@@ -30,8 +30,6 @@ This is how judges use vLLM (out of process, in its own environment). It speaks 
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
 import logging
 import math
 import os
@@ -270,9 +268,9 @@ class OpenAIJudgeBackend:
 
     @staticmethod
     def _png_uri(image: Any) -> str:
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+        from mmrm.rm.media import to_data_uri
+
+        return to_data_uri(image)  # lossless PNG: the server decodes exactly the loaded pixels
 
     def _wire_messages(self, messages: list[Message], prefill: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
