@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="Offline preference-accuracy evaluation on benchmarks (resumable, with reports).")
@@ -24,7 +25,9 @@ console = Console(stderr=True)
 
 
 def _fail(e: Exception) -> None:
-    console.print(f"[red]error:[/red] {e}")
+    # Messages name fields in brackets ("... [row 3.ranking]", pydantic's "[type=...]"): escaped, or
+    # rich reads them as markup tags and drops them. soft_wrap: a long field path is never broken.
+    console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -66,7 +69,7 @@ def _print_table(rep: dict[str, Any]) -> None:
                   "" if lo is None else f"[{100 * lo:.1f}, {100 * hi:.1f}]")
     console.print(c)
     if rep.get("placeholder_note"):
-        console.print(f"[yellow]warning:[/yellow] {rep['placeholder_note']}")
+        console.print(f"[yellow]warning:[/yellow] {escape(rep['placeholder_note'])}")
 
 
 @app.command("list")
