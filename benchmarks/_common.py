@@ -8,8 +8,6 @@ folder, are generated (smooth synthetic pictures, JPEG-encoded like real photos)
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import platform
@@ -110,7 +108,7 @@ def peak_rss_mb(pid: int | str = "self") -> float | None:
 def packs(rm: Any) -> bool:
     """Whether ``rm``'s inference forwards pack text-only samples (on this device)."""
     with torch.no_grad():
-        return bool(rm._packing())
+        return bool(rm.engine.packing_active())
 
 
 def cpu_seconds_by_process(prefix: str = "ray::") -> dict[str, float]:
@@ -207,9 +205,9 @@ def synthetic_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 def image_data_uri(height: int, width: int, seed: int = 0) -> str:
     from PIL import Image
 
-    buf = io.BytesIO()
-    Image.fromarray(synthetic_image(height, width, seed)).save(buf, format="JPEG", quality=90)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    from mmrm.rm.media import to_data_uri
+
+    return to_data_uri(Image.fromarray(synthetic_image(height, width, seed)), format="JPEG", quality=90)
 
 
 def cut_tokens(tokenizer: Any, text: str, n: int) -> str:

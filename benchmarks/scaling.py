@@ -62,21 +62,21 @@ def main(argv: list[str] | None = None) -> int:
     n = 8 if q else 32
     pts = []
     # packed rows (the CPU default: pack_tokens caps a row) and padded batches, side by side
-    rm.pack_tokens = 1 << 20
+    rm.options.pack_tokens = 1 << 20
     for bs in ([1, 4, 8] if q else [1, 2, 4, 8, 16, 32]):
-        rm.max_batch_size = bs
+        rm.options.max_batch_size = bs
         pt: dict[str, Any] = {"batch_size": bs}
         for tag, pack in (("", None), ("_padded", False)):
-            rm.pack_sequences = pack
+            rm.options.packing = "on" if pack else "off"
             dt = timeit(lambda: rm.rewards_of(enc[:n]), args.reps)
             pt.update({f"samples_per_s{tag}": round(n / dt, 3), f"ms_per_sample{tag}": round(1000 * dt / n, 2)})
-        rm.pack_sequences = None
+        rm.options.packing = "auto"
         pts.append(pt)
         C.log(f"batch {bs}: {pts[-1]}")
     res["batch_size"] = {"model": "small-text", "packing": C.packs(rm), "tokens_median": statistics.median(e.length for e in enc[:n]), "points": pts}
 
     # -- response length: time per sample vs tokens (batch 8)
-    rm.max_batch_size = 8
+    rm.options.max_batch_size = 8
     pts = []
     for L in ([32, 128, 512] if q else [32, 64, 128, 256, 512, 1024]):
         samples = [Sample(prompt=r["prompt"], response=C.cut_tokens(tok, r["chosen"], L)) for r in rows[:8]]
@@ -96,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     for g in ([2, 8] if q else [1, 2, 4, 8, 16]):
         p, rs = C.group_inputs(tok, group_size=g, image_side=448, prompt_tokens=40, response_tokens=150)
         # each GRPO step brings a new image: no arm may reuse features from an earlier repetition
-        ind = timeit(lambda: (vl.vision_cache.clear(), vl.rewards([Sample(prompt=p, response=r) for r in rs])), args.reps)
-        grp = timeit(lambda: (vl.vision_cache.clear(), vl.rank([Group(prompt=p, responses=rs)])), args.reps)
+        ind = timeit(lambda: (vl.engine.vision_cache.clear(), vl.rewards([Sample(prompt=p, response=r) for r in rs])), args.reps)
+        grp = timeit(lambda: (vl.engine.vision_cache.clear(), vl.rank([Group(prompt=p, responses=rs)])), args.reps)
         pts.append({"group_size": g, "independent_s": round(ind, 3), "group_path_s": round(grp, 3),
                     "speedup": round(ind / grp, 3)})
         C.log(f"group {g}: {pts[-1]}")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         p, rs = C.group_inputs(tok, group_size=1, image_side=side, prompt_tokens=40, response_tokens=150)
         s = Sample(prompt=p, response=rs[0])
         e = vl.encode(s)
-        dt = timeit(lambda: (vl.vision_cache.clear(), vl.rewards_of([e])), args.reps)
+        dt = timeit(lambda: (vl.engine.vision_cache.clear(), vl.rewards_of([e])), args.reps)
         grid = e.extras.get("image_grid_thw")
         vis_tokens = int(grid.prod(-1).sum()) // 4 if grid is not None else 0
         pts.append({"image_side": side, "visual_tokens": vis_tokens, "sample_tokens": e.length, "ms_per_sample": round(1000 * dt, 1)})

@@ -74,7 +74,7 @@ def measure_inproc(ckpts: dict[str, Path], args: argparse.Namespace, peak: float
     texts = [rm.encoder.render(s.messages, strip_end=True) for s in samples]
     seq.config.pad_token_id = tok.pad_token_id
     # the same model with packing off: length-sorted padded batches (what a GPU gets by default)
-    padded = load_rm(ckpt, max_batch_size=32, pack_sequences=False)
+    padded = load_rm(ckpt, max_batch_size=32, packing="off")
 
     @torch.no_grad()
     def hf_batches(bs: int, sort: bool) -> None:
@@ -117,7 +117,7 @@ def measure_group(ckpts: dict[str, Path], args: argparse.Namespace, peak: float)
     groups = [C.group_inputs(tok, group_size=args.group_size, image_side=448, prompt_tokens=40, response_tokens=150, seed=s)
               for s in range(args.groups)]
     enc0 = [rm.encode(Sample(prompt=groups[0][0], response=r)) for r in groups[0][1]]
-    prefix = rm.shared_prefix_length(enc0)
+    prefix = rm.engine.shared_prefix_length(enc0)
     lengths = [e.length for e in enc0]
     tails = [n - prefix for n in lengths]
     ideal = sum(lengths) / (prefix + sum(tails))
@@ -125,21 +125,21 @@ def measure_group(ckpts: dict[str, Path], args: argparse.Namespace, peak: float)
     # Every GRPO step brings new prompts and images: the vision cache is emptied before each
     # group so no arm gains from an image seen in an earlier round.
     def independent(cache: bool) -> None:
-        rm.vision_cache.max_bytes = rm.vision_cache_bytes if cache else 0
+        rm.engine.vision_cache.max_bytes = rm.options.vision_cache_bytes if cache else 0
         for p, rs in groups:
-            rm.vision_cache.clear()
+            rm.engine.vision_cache.clear()
             rm.rewards([Sample(prompt=p, response=r) for r in rs])
-        rm.vision_cache.max_bytes = rm.vision_cache_bytes
+        rm.engine.vision_cache.max_bytes = rm.options.vision_cache_bytes
 
     def grouped() -> None:
         for p, rs in groups:
-            rm.vision_cache.clear()
+            rm.engine.vision_cache.clear()
             rm.rank([Group(prompt=p, responses=rs)])
 
     for p, rs in groups[:1]:  # the optimized path must give the reference path's scores
-        rm.vision_cache.max_bytes = 0
+        rm.engine.vision_cache.max_bytes = 0
         ref = rm.rewards([Sample(prompt=p, response=r) for r in rs])
-        rm.vision_cache.max_bytes = rm.vision_cache_bytes
+        rm.engine.vision_cache.max_bytes = rm.options.vision_cache_bytes
         got = rm.rank([Group(prompt=p, responses=rs)])[0].values
         max_diff = max(abs(a - b) for a, b in zip(ref, got))
     t = C.interleave({"independent": lambda: independent(False), "independent_image_dedup": lambda: independent(True),
@@ -277,7 +277,9 @@ def _measure_vllm_engine(ckpt: Path, rm: Any, samples: list[Any], enc: list[Any]
     Reported apart from the offline comparison: it measures mmrm delegating to vLLM, HTTP included."""
     import vllm_server as vs
 
-    from mmrm.rm.vllm_engine import POOLER_CONFIG, VLLMRewardModel, backbone_view
+    from mmrm.rm.engines.vllm import POOLER_CONFIG, backbone_view
+    from mmrm.rm.options import VLLMServer
+    from mmrm.rm.reward_model import RewardModel
 
     view = backbone_view(ckpt, tmp / "backbone")
     try:
@@ -288,7 +290,7 @@ def _measure_vllm_engine(ckpt: Path, rm: Any, samples: list[Any], enc: list[Any]
     except RuntimeError as e:
         return {"error": str(e)[-1500:]}
     try:
-        vl = VLLMRewardModel.from_server(ckpt, base_url=server.base_url, served_model=server.model)
+        vl = RewardModel.from_pretrained(ckpt, engine="vllm", vllm=VLLMServer(base_url=server.base_url, served_model=server.model))
         diff = max(abs(a - b) for a, b in zip(vl.rewards(samples[:8]), rm.rewards(samples[:8])))
         t = C.interleave({"mmrm_vllm_engine": lambda: vl.rewards(samples), "mmrm_hf": lambda: rm.rewards(samples)}, args.rounds)
         vl.close()
@@ -315,7 +317,9 @@ def measure_vllm_vl(ckpts: dict[str, Path], args: argparse.Namespace, peak: floa
     import httpx
 
     from mmrm.rm.types import Group, Sample
-    from mmrm.rm.vllm_engine import VLLMRewardModel, backbone_view
+    from mmrm.rm.engines.vllm import backbone_view
+    from mmrm.rm.options import VLLMServer
+    from mmrm.rm.reward_model import RewardModel
 
     if not vs.is_installed():
         return {"skipped": f"no vLLM venv at {vs.venv_dir()}; run `python tests/vllm_server.py install`"}
@@ -344,7 +348,7 @@ def measure_vllm_vl(ckpts: dict[str, Path], args: argparse.Namespace, peak: floa
     server = vs.start_server(view, log_path=tmp / "vllm-server.log", served_name="small-vl",
                              extra_args=vs.POOLING_ARGS, kv_cache_bytes=2 * 1024**3)
     try:
-        vl = VLLMRewardModel.from_server(ckpt, base_url=server.base_url, served_model=server.model)
+        vl = RewardModel.from_pretrained(ckpt, engine="vllm", vllm=VLLMServer(base_url=server.base_url, served_model=server.model))
         http = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=vl.max_concurrency))
         pool = ThreadPoolExecutor(vl.max_concurrency)
         root = vl.root_url

@@ -21,6 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal, Union
 
+from mmrm.rm.options import ModelOptions
 from mmrm.rm.scorer import Scorer
 from mmrm.rm.types import Provenance
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,26 +77,24 @@ def describe_scorer(scorer: Scorer, key: str | None = None) -> dict[str, Any]:
 # Specs: serializable recipes that build a scorer where it runs (this process, or a Ray actor).
 
 
-class RewardModelSpec(BaseModel):
-    """A reward checkpoint scored in-process."""
+class RewardModelSpec(ModelOptions):
+    """A reward checkpoint scored in-process: the checkpoint, the folders its media may come from,
+    and the :class:`~mmrm.rm.options.ModelOptions` fields it loads with (``device: auto``: a Ray
+    actor with a GPU gets cuda)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["reward_model"] = "reward_model"
-    checkpoint: Path
-    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N (a Ray actor with a GPU gets cuda).")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    checkpoint: Path = Field(description="Reward checkpoint directory (mmrm format or seq-classification).")
     media_roots: list[Path] = Field(default_factory=list, description="Folders local media may be read from.")
-    max_batch_size: int = Field(default=32, ge=1)
-    max_length: int | None = None
-    truncation: Literal["refuse", "left"] | None = None
 
     def descriptor(self) -> dict[str, Any]:
         """What the scorer key is made of, without loading the model (the checkpoint's fingerprint):
         the same as :func:`descriptor` of the built model's provenance."""
         from mmrm.rm import checkpoint as ckpt
 
-        return {"kind": "reward_model", "engine": "hf", "fingerprint": ckpt.fingerprint(self.checkpoint), "dtype": self.dtype}
+        return {"kind": "reward_model", "engine": self.engine, "fingerprint": ckpt.fingerprint(self.checkpoint),
+                "dtype": self.dtype if self.engine == "hf" else None}
 
     def key(self) -> str:
         """The scorer key without loading the model."""
@@ -108,13 +107,12 @@ class RewardModelSpec(BaseModel):
     def build(self) -> Scorer:
         """The :class:`~mmrm.rm.reward_model.RewardModel` (imports torch)."""
         from mmrm.rm.media import MediaPolicy
+        from mmrm.rm.options import ScoringOptions
         from mmrm.rm.reward_model import RewardModel
 
-        return RewardModel.from_pretrained(
-            self.checkpoint, device=self.device, dtype=self.dtype, max_batch_size=self.max_batch_size,
-            max_length=self.max_length, truncation=self.truncation,
-            media_policy=MediaPolicy(allowed_roots=[p.resolve() for p in self.media_roots]),
-        )
+        options = ScoringOptions(**self.model_dump(include=set(ModelOptions.model_fields)),
+                                 media_policy=MediaPolicy(allowed_roots=[p.resolve() for p in self.media_roots]))
+        return RewardModel.from_pretrained(self.checkpoint, options=options)
 
 
 class JudgeSpec(BaseModel):

@@ -77,10 +77,14 @@ def score(
     media_root: list[Path] = typer.Option([], help="Folders local image paths may come from."),
     device: str = typer.Option("auto", help="auto, cpu or cuda[:N]."),
     dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
+    max_length: Optional[int] = typer.Option(None, help="Longest input in tokens (default: the checkpoint's)."),
+    truncation: Optional[str] = typer.Option(None, help="refuse or left (default: the checkpoint's)."),
+    max_batch_size: int = typer.Option(32, help="Samples per forward pass."),
 ) -> None:
     """Score samples with a reward model; prints one JSON result per line."""
     from mmrm.rm.errors import MmrmError
     from mmrm.rm.media import MediaPolicy
+    from mmrm.rm.options import ScoringOptions
     from mmrm.rm.reward_model import RewardModel
     from mmrm.rm.types import Sample
 
@@ -90,8 +94,10 @@ def score(
         for i, line in enumerate(l for l in lines if l.strip()):
             row = json.loads(line)
             samples.append(Sample.from_messages(row["messages"]) if "messages" in row else Sample.model_validate(row))
-        rm = RewardModel.from_pretrained(checkpoint, device=device, dtype=dtype,  # type: ignore[arg-type]
-                                         media_policy=MediaPolicy(allowed_roots=[p.resolve() for p in media_root]))
+        options = ScoringOptions(device=device, dtype=dtype, max_length=max_length, truncation=truncation,  # type: ignore[arg-type]
+                                 max_batch_size=max_batch_size,
+                                 media_policy=MediaPolicy(allowed_roots=[p.resolve() for p in media_root]))
+        rm = RewardModel.from_pretrained(checkpoint, options=options)
     except (MmrmError, ValueError, KeyError) as e:
         _fail(e)
     for r in rm.score(samples):
@@ -122,7 +128,7 @@ def vllm_view(
 ) -> None:
     """Prepare a checkpoint for the vllm engine: print the `vllm serve` command for its backbone."""
     from mmrm.rm.errors import MmrmError
-    from mmrm.rm.vllm_engine import POOLER_CONFIG, backbone_view
+    from mmrm.rm.engines.vllm import POOLER_CONFIG, backbone_view
 
     try:
         view = backbone_view(checkpoint, dest)

@@ -42,10 +42,8 @@ an error or a logged, counted fallback). Shaping (:mod:`mmrm.rl.shaping`) is app
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import re
@@ -54,12 +52,16 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from mmrm.rm.errors import BackendError, InvalidInput, MmrmError, Overloaded, UnsupportedInput
 from mmrm.rm.scorer import Scorer
 from mmrm.rl.shaping import Shaped, Shaping, ShapingLog, apply_shaping
 from mmrm.rm.types import Message, Provenance, Sample, ScoreResult, as_response
+
+if TYPE_CHECKING:  # the options' module is light, but RewardFn.remote needs none of it
+    from mmrm.rm.options import ScoringOptions
 
 __all__ = [
     "RewardBatch",
@@ -87,16 +89,6 @@ class RewardUnavailable(MmrmError):
 # Inputs -> Sample
 
 
-def _sniff_mime(data: bytes) -> str:
-    for magic, mime in ((b"\x89PNG", "image/png"), (b"\xff\xd8", "image/jpeg"), (b"GIF8", "image/gif"),
-                        (b"BM", "image/bmp")):
-        if data.startswith(magic):
-            return mime
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "application/octet-stream"  # informative only: mmrm.rm.media identifies formats by magic bytes
-
-
 def media_source(obj: Any) -> str:
     """A media source string (:mod:`mmrm.rm.media` forms) for an image given in any common form.
 
@@ -112,8 +104,9 @@ def media_source(obj: Any) -> str:
     if isinstance(obj, str):
         return obj
     if isinstance(obj, (bytes, bytearray, memoryview)):
-        data = bytes(obj)
-        return f"data:{_sniff_mime(data)};base64," + base64.b64encode(data).decode("ascii")
+        from mmrm.rm.media import to_data_uri  # here, not at import: PIL is needed only for media
+
+        return to_data_uri(bytes(obj))
     if isinstance(obj, Mapping):
         if obj.get("bytes") is not None:
             return media_source(obj["bytes"])
@@ -124,10 +117,9 @@ def media_source(obj: Any) -> str:
         raise InvalidInput("an image dict needs 'bytes', 'path' or 'url'", field="image")
     save = getattr(obj, "save", None)
     if callable(save) and hasattr(obj, "size") and hasattr(obj, "mode"):  # a PIL image, without importing PIL
-        buf = io.BytesIO()
-        img = obj if obj.mode in ("RGB", "RGBA", "L", "LA", "P", "1", "I;16") else obj.convert("RGB")
-        img.save(buf, format="PNG")
-        return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        from mmrm.rm.media import to_data_uri
+
+        return to_data_uri(obj)  # lossless PNG; modes PNG cannot hold become RGB as the loader would
     raise InvalidInput(f"cannot read an image from a {type(obj).__name__}; give a PIL image, bytes, a "
                        f"{{'bytes','path'}} dict or a source string", field="image")
 
@@ -430,13 +422,16 @@ class RewardFn:
 
     # ---------------------------------------------------------------------------------- builders
     @classmethod
-    def from_checkpoint(cls, path: Any, *, device: str = "cpu", dtype: str = "float32", media_policy: Any = None,
-                        shaping: Shaping | None = None, verifier: Verifier | None = None, name: str = "mmrm",
-                        **rm_kwargs: Any) -> RewardFn:
-        """An in-process reward model loaded from a checkpoint directory (imports torch)."""
+    def from_checkpoint(cls, path: str | Path, *, options: ScoringOptions | None = None, shaping: Shaping | None = None,
+                        verifier: Verifier | None = None, name: str = "mmrm", **overrides: Any) -> RewardFn:
+        """An in-process reward model loaded from a checkpoint directory (imports torch).
+
+        ``options`` / ``overrides`` are those of :meth:`RewardModel.from_pretrained
+        <mmrm.rm.reward_model.RewardModel.from_pretrained>` (a :class:`~mmrm.rm.options.ScoringOptions`
+        and keyword overrides of its fields: ``device``, ``dtype``, ``media_policy``, ...)."""
         from mmrm.rm.reward_model import RewardModel
 
-        rm = RewardModel.from_pretrained(path, device=device, dtype=dtype, media_policy=media_policy, **rm_kwargs)  # type: ignore[arg-type]
+        rm = RewardModel.from_pretrained(path, options=options, **overrides)
         return cls(rm, shaping=shaping, verifier=verifier, name=name)
 
     @classmethod

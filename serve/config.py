@@ -32,6 +32,7 @@ from mmrm.judges.judge import JudgeOptions
 from mmrm.judges.rubrics import list_rubrics
 from mmrm.rm.errors import ConfigError
 from mmrm.rm.media import MediaPolicy
+from mmrm.rm.options import ModelOptions, ScoringOptions, VLLMServer
 
 
 class _Strict(BaseModel):
@@ -44,39 +45,37 @@ class Autoscaling(_Strict):
     target_ongoing_requests: float = Field(default=8, gt=0)
 
 
-class BatchKnobs(_Strict):
-    """Knobs that change on a live replica without a restart (Serve's ``reconfigure``)."""
-
-    max_batch_size: int = Field(default=32, ge=1, le=4096, description="Items per dynamic batch.")
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0, le=10, description="Wait for a batch to fill.")
-    max_batch_tokens: int = Field(default=16384, ge=1, description="Padded tokens per forward pass.")
+#: fields of a model entry that change on a live replica without a restart (Serve's ``reconfigure``).
+LIVE_KNOBS = ("max_batch_size", "batch_wait_timeout_s", "max_batch_tokens")
 
 
-class VLLMEngineSettings(_Strict):
-    """Where the ``vllm`` engine's server runs (see mmrm.rm.vllm_engine; started by you)."""
+class VLLMEngineSettings(VLLMServer):
+    """Where the ``vllm`` engine's server runs (see mmrm.rm.engines.vllm; started by you)."""
 
-    base_url: str = Field(pattern=r"^https?://", description="The vLLM server's OpenAI API, e.g. http://127.0.0.1:8001/v1.")
-    served_model: str = Field(min_length=1, description="The model name the server was started with.")
-    timeout_s: float = Field(default=120, gt=0, description="Per request to the server.")
     api_key_env: str | None = Field(default=None, description="Env var holding the server's API key, if it has one.")
 
+    @model_validator(mode="after")
+    def _no_secret(self) -> "VLLMEngineSettings":
+        if self.api_key is not None:
+            raise ValueError("vllm.api_key never lives in the config file: put the key in an environment variable "
+                             "and name it in vllm.api_key_env")
+        return self
 
-class ModelConfig(BatchKnobs):
-    """A reward model served as one Ray Serve deployment."""
+
+class ModelConfig(ModelOptions):
+    """A reward model served as one Ray Serve deployment.
+
+    How it loads and scores (engine, device, dtype, max_length, truncation, batching, packing,
+    caches, compile) are the :class:`~mmrm.rm.options.ModelOptions` fields, at the top level of the
+    entry; the media policy is the service's ``limits.media``.
+    """
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Model id used in requests.")
     kind: Literal["reward_model"] = "reward_model"
     checkpoint: Path = Field(description="Reward checkpoint directory (mmrm format or seq-classification).")
-    engine: Literal["hf", "vllm"] = Field(default="hf", description="hf: transformers in the replica; vllm: a vLLM server.")
-    vllm: VLLMEngineSettings | None = Field(default=None, description="Required with engine: vllm.")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    device: str = Field(default="auto", description="auto, cpu, cuda.")
-    max_length: int | None = Field(default=None, gt=0, description="Override the checkpoint's max_length.")
-    truncation: Literal["refuse", "left"] | None = None
-    packing: Literal["auto", "on", "off"] = Field(
-        default="auto", description="Pack text-only samples into one row per forward, no padding (auto: on a CPU).")
-    compile: bool = Field(
-        default=False, description="torch.compile the decoder's MLP and norm blocks at start-up (slower start, faster CPU forwards).")
+    vllm: VLLMEngineSettings | None = Field(default=None, description="The vLLM server; required with engine: vllm.")
+    batch_wait_timeout_s: float = Field(
+        default=0.01, ge=0, le=10, description="How long a dynamic batch waits to fill (max_batch_size items).")
     num_replicas: int | None = Field(default=1, ge=1, description="Fixed replica count (unset with autoscaling).")
     autoscaling: Autoscaling | None = None
     # Ray gives torch one thread per CPU of the replica: size this deliberately.
@@ -90,25 +89,29 @@ class ModelConfig(BatchKnobs):
     def _replicas(self) -> "ModelConfig":
         if self.autoscaling is not None:
             self.num_replicas = None
-        if self.engine == "vllm" and self.vllm is None:
-            raise ValueError("engine: vllm needs a `vllm` block (base_url, served_model)")
         return self
 
     def knobs(self) -> dict[str, Any]:
-        """The live-reconfigurable part (Serve ``user_config``)."""
-        return {
-            "checkpoint": str(self.checkpoint),
-            **BatchKnobs.model_validate(self.model_dump(include=set(BatchKnobs.model_fields))).model_dump(),
-        }
+        """The live-reconfigurable part (Serve ``user_config``): the checkpoint and :data:`LIVE_KNOBS`."""
+        return {"checkpoint": str(self.checkpoint), **{k: getattr(self, k) for k in LIVE_KNOBS}}
+
+    def scoring_options(self, media: MediaPolicy, *, api_key: str | None = None) -> ScoringOptions:
+        """The :class:`~mmrm.rm.options.ScoringOptions` this entry loads its model with: its own
+        options, the service's media policy, and the vLLM server's API key (read by the replica
+        from ``vllm.api_key_env``)."""
+        fields = self.model_dump(include=set(ModelOptions.model_fields))
+        if self.vllm is not None:
+            fields["vllm"] = VLLMServer(**self.vllm.model_dump(include=set(VLLMServer.model_fields)) | {"api_key": api_key})
+        return ScoringOptions(**fields, media_policy=media)
 
 
 class HFJudgeBackendSettings(_Strict):
     type: Literal["hf"] = "hf"
     model: Path = Field(description="A transformers checkpoint directory of the judge LMM.")
-    device: str = "cpu"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    max_batch_size: int = Field(default=16, ge=1)
-    max_length: int = Field(default=4096, gt=0)
+    device: str = Field(default="cpu", description="cpu, cuda or cuda:N.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="The judge's compute dtype.")
+    max_batch_size: int = Field(default=16, ge=1, description="Judge prompts per forward pass.")
+    max_length: int = Field(default=4096, gt=0, description="Longest judge prompt in tokens (longer ones are refused per item).")
 
 
 class OpenAIJudgeBackendSettings(OpenAIBackendConfig):

@@ -22,7 +22,6 @@ from mmrm.rm.encode import Encoded
 from mmrm.rm.errors import BackendError, MmrmError
 from mmrm.rm.media import MediaPolicy
 from mmrm.rm.reward_model import RewardModel
-from mmrm.rm.vllm_engine import VLLMRewardModel
 from mmrm.rm.types import Sample, ScoreResult
 from mmrm.serve.config import ModelConfig
 from mmrm.serve.errors import from_wire
@@ -49,20 +48,10 @@ class RewardModelServer:
 
     # --------------------------------------------------------------------------- lifecycle
     def _load(self, checkpoint: str) -> None:
-        common = dict(max_length=self.cfg.max_length, truncation=self.cfg.truncation, media_policy=self.media,
-                      name=self.cfg.name, max_batch_size=self.cfg.max_batch_size, max_batch_tokens=self.cfg.max_batch_tokens)
-        rm: RewardModel
-        if self.cfg.engine == "vllm":
-            v = self.cfg.vllm
-            assert v is not None  # the config validator guarantees it
-            rm = VLLMRewardModel.from_server(checkpoint, base_url=v.base_url, served_model=v.served_model,
-                                             timeout_s=v.timeout_s, api_key=os.environ.get(v.api_key_env or "") or None,
-                                             **common)  # type: ignore[arg-type]
-        else:
-            rm = RewardModel.from_pretrained(
-                checkpoint, dtype=self.cfg.dtype, device=self.cfg.device, compile=self.cfg.compile,
-                pack_sequences={"auto": None, "on": True, "off": False}[self.cfg.packing], **common,  # type: ignore[arg-type]
-            )
+        v = self.cfg.vllm
+        api_key = (os.environ.get(v.api_key_env or "") or None) if v is not None else None
+        rm = RewardModel.from_pretrained(checkpoint, options=self.cfg.scoring_options(self.media, api_key=api_key),
+                                         name=self.cfg.name)
         rm.rewards([WARMUP])  # ready means: loaded AND scored once (raises if the warm-up fails)
         self.rm, self._checkpoint = rm, checkpoint  # swap atomically: in-flight batches keep the old one
         log.info("model %s loaded from %s (fingerprint %s)", self.cfg.name, checkpoint, rm.fingerprint)
@@ -71,8 +60,8 @@ class RewardModelServer:
         self._score_batch.set_max_batch_size(int(knobs["max_batch_size"]))
         self._score_batch.set_batch_wait_timeout_s(float(knobs["batch_wait_timeout_s"]))
         if self.rm is not None:
-            self.rm.max_batch_size = int(knobs["max_batch_size"])
-            self.rm.max_batch_tokens = int(knobs["max_batch_tokens"])
+            self.rm.options.max_batch_size = int(knobs["max_batch_size"])
+            self.rm.options.max_batch_tokens = int(knobs["max_batch_tokens"])
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Serve calls this on live replicas when only ``user_config`` changed: new batch knobs, or a

@@ -90,7 +90,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory, vllm_judge_model: Path
 @pytest.fixture(scope="session")
 def vllm_pooling_server(tmp_path_factory: pytest.TempPathFactory, reward_checkpoint: Path):
     """A pooling vLLM server for the backbone of :func:`reward_checkpoint` (``mmrm vllm-view``)."""
-    from mmrm.rm.vllm_engine import backbone_view
+    from mmrm.rm.engines.vllm import backbone_view
 
     vs = _vllm_helpers()
     view = backbone_view(reward_checkpoint, tmp_path_factory.mktemp("vllm-view") / "backbone")

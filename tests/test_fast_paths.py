@@ -8,7 +8,7 @@ against plain transformers in test_reward_model.py; here every fast path is chec
   rope delta on the Qwen2-VL family);
 * the cases where that path must step aside (a response with its own image, no shared prefix,
   left truncation that cuts each sample differently) and still give the same scores;
-* packed rows (``pack_sequences``: text-only samples end to end, per-sample causal attention) and
+* packed rows (``packing``: text-only samples end to end, per-sample causal attention) and
   the regional ``torch.compile`` of the decoder's MLP and norms, against padded eager batches.
 
 The reference here is the padded path with packing off; test_reward_model.py checks the default
@@ -24,6 +24,7 @@ import torch
 
 from helpers import image_part, image_uri, text_part, video_part
 from mmrm.rm.errors import UnsupportedInput
+from mmrm.rm.options import ScoringOptions
 from mmrm.rm.reward_model import RewardModel
 from mmrm.rm.types import Group, Pair, Sample
 
@@ -61,11 +62,11 @@ def _prompt(arch: str, media: str = "image") -> list[dict]:
 
 
 def _plain(rm: RewardModel, prompt, responses) -> list[float]:
-    rm.pack_sequences = False
+    rm.options.packing = "off"
     try:
         return rm.rewards([Sample(prompt=prompt, response=r) for r in responses])
     finally:
-        rm.pack_sequences = None
+        rm.options.packing = "auto"
 
 
 def _group(rm: RewardModel, prompt, responses) -> list[float | None]:
@@ -84,8 +85,8 @@ def test_group_path_matches_plain_path(rms, arch):
     assert rm.forward_calls - before == 2
     assert got == pytest.approx(ref, abs=ATOL)
     enc = [rm.encode(Sample(prompt=prompt, response=r)) for r in RESPONSES]
-    prefix = rm.shared_prefix_length(enc)
-    assert prefix >= rm.min_shared_prefix
+    prefix = rm.engine.shared_prefix_length(enc)
+    assert prefix >= rm.options.min_shared_prefix
     assert prefix < min(e.length for e in enc)
 
 
@@ -106,14 +107,14 @@ def test_group_split_over_several_batches(rms, arch):
     rm = rms[arch]
     prompt = _prompt(arch)
     ref = _plain(rm, prompt, RESPONSES)
-    old = rm.max_batch_size
-    rm.max_batch_size = 2
+    old = rm.options.max_batch_size
+    rm.options.max_batch_size = 2
     try:
         before = rm.forward_calls
         got = _group(rm, prompt, RESPONSES)
         assert rm.forward_calls - before == 1 + 3  # the prefix once, then 3 batches of 2 responses
     finally:
-        rm.max_batch_size = old
+        rm.options.max_batch_size = old
     assert got == pytest.approx(ref, abs=ATOL)
 
 
@@ -139,7 +140,7 @@ def test_response_with_its_own_image_falls_back_to_plain(rms):
     prompt = _prompt("qwen2_vl")
     responses = ["An edited picture:", [text_part("Edited:"), image_part(image_uri(56, 56, seed=11))]]
     enc = [rm.encode(Sample(prompt=prompt, response=r)) for r in responses]
-    assert rm.shared_prefix_length(enc) == 0  # media differ / media after the prefix: no sharing
+    assert rm.engine.shared_prefix_length(enc) == 0  # media differ / media after the prefix: no sharing
     before = rm.forward_calls
     got = _group(rm, prompt, responses)
     assert rm.forward_calls - before == 1
@@ -150,7 +151,7 @@ def test_different_prompts_share_nothing(rms):
     rm = rms["qwen2"]
     enc = [rm.encode(Sample(prompt="first prompt about cats", response="ok")),
            rm.encode(Sample(prompt="second prompt about dogs", response="ok"))]
-    assert rm.shared_prefix_length(enc) == 0
+    assert rm.engine.shared_prefix_length(enc) == 0
     assert rm.rewards_of_group(enc) == pytest.approx(rm.rewards_of(enc), abs=ATOL)
 
 
@@ -205,21 +206,21 @@ def _count_tower_images(rm):
 def test_vision_cache_same_scores_as_without(rms, arch):
     rm = rms[arch]
     samples = _mixed_image_samples()
-    rm.vision_cache.max_bytes = 0  # off: the reference
+    rm.engine.vision_cache.max_bytes = 0  # off: the reference
     ref = rm.rewards(samples)
-    rm.vision_cache.max_bytes = RewardModel.vision_cache_bytes
-    rm.vision_cache.clear()
+    rm.engine.vision_cache.max_bytes = rm.options.vision_cache_bytes
+    rm.engine.vision_cache.clear()
     first = rm.rewards(samples)  # fills the cache (two distinct images)
-    assert len(rm.vision_cache) == 2
+    assert len(rm.engine.vision_cache) == 2
     second = rm.rewards(samples)  # served from the cache
     assert first == pytest.approx(ref, abs=ATOL)
     assert second == pytest.approx(ref, abs=ATOL)
-    assert rm.vision_cache.bytes <= rm.vision_cache.max_bytes
+    assert rm.engine.vision_cache.bytes <= rm.engine.vision_cache.max_bytes
 
 
 def test_vision_cache_runs_a_shared_image_once(rms):
     rm = rms["qwen2_5_vl"]
-    rm.vision_cache.clear()
+    rm.engine.vision_cache.clear()
     prompt = _prompt("qwen2_5_vl")
     calls, handle = _count_tower_images(rm)
     try:
@@ -239,7 +240,7 @@ def test_vision_cache_invalidated_when_weights_change(tiny_models):
         for p in rm.backbone.model.visual.parameters():
             p.mul_(1.5)  # an in-place update, as an optimizer step does
     after = rm.rewards(samples)
-    rm.vision_cache.max_bytes = 0
+    rm.engine.vision_cache.max_bytes = 0
     fresh = rm.rewards(samples)
     assert after == pytest.approx(fresh, abs=ATOL)
     assert after != pytest.approx(before, abs=ATOL)
@@ -247,25 +248,25 @@ def test_vision_cache_invalidated_when_weights_change(tiny_models):
 
 def test_vision_cache_not_used_with_grad_or_in_training(rms):
     rm = rms["qwen2_vl"]
-    rm.vision_cache.clear()
+    rm.engine.vision_cache.clear()
     enc = [rm.encode(s) for s in _mixed_image_samples()[:2]]
     from mmrm.rm.encode import collate
 
     batch = collate(enc, rm.encoder.pad_id)
     with torch.enable_grad():
         rm.forward(batch)
-    assert len(rm.vision_cache) == 0
+    assert len(rm.engine.vision_cache) == 0
     rm.train()
     try:
         with torch.no_grad():
             rm.forward(batch)
-        assert len(rm.vision_cache) == 0
+        assert len(rm.engine.vision_cache) == 0
     finally:
         rm.eval()
 
 
 def test_feature_cache_is_bounded_lru():
-    from mmrm.rm.reward_model import FeatureCache
+    from mmrm.rm.vision_cache import FeatureCache
 
     c = FeatureCache(max_bytes=3 * 400)
     for k in "abc":
@@ -291,16 +292,16 @@ def _mixed_samples(arch: str) -> list[Sample]:
 def test_packed_rows_match_padded_batches(rms, arch):
     rm = rms[arch]
     samples = _mixed_samples(arch)
-    rm.pack_sequences = False
+    rm.options.packing = "off"
     ref = rm.rewards(samples)
-    rm.pack_sequences = True
+    rm.options.packing = "on"
     try:
         before = rm.forward_calls
         got = rm.rewards(samples)
         # all text samples in one packed row (well under pack_tokens), the image ones in one batch
         assert rm.forward_calls - before == (1 if arch == "qwen2" else 2)
     finally:
-        rm.pack_sequences = None
+        rm.options.packing = "auto"
     assert got == pytest.approx(ref, abs=ATOL)
 
 
@@ -308,21 +309,21 @@ def test_pack_token_budget_splits_rows_and_keeps_order(rms):
     rm = rms["qwen2"]
     samples = [Sample(prompt=_prompt("qwen2"), response=r) for r in RESPONSES]
     lengths = [rm.encode(s).length for s in samples]
-    rm.pack_sequences = False
+    rm.options.packing = "off"
     ref = rm.rewards(samples)
-    rm.pack_sequences, rm.pack_tokens = True, max(lengths) + 1  # at most one long sample per row... or two short
+    rm.options.packing, rm.options.pack_tokens = "on", max(lengths) + 1  # at most one long sample per row... or two short
     try:
-        plan = rm.plan_packs(lengths)
+        plan = rm.engine.plan_packs(lengths)
         assert [i for p in plan for i in p] == list(range(len(samples)))
-        assert all(sum(lengths[i] for i in p) <= rm.pack_tokens for p in plan)
+        assert all(sum(lengths[i] for i in p) <= rm.options.pack_tokens for p in plan)
         before = rm.forward_calls
         got = rm.rewards(samples)
         assert rm.forward_calls - before == len(plan) > 1
-        rm.pack_tokens = 8  # every sample is longer than the budget: one row each
-        assert rm.plan_packs(lengths) == [[i] for i in range(len(samples))]
+        rm.options.pack_tokens = 8  # every sample is longer than the budget: one row each
+        assert rm.engine.plan_packs(lengths) == [[i] for i in range(len(samples))]
         assert rm.rewards(samples) == pytest.approx(ref, abs=ATOL)
     finally:
-        rm.pack_sequences, rm.pack_tokens = None, RewardModel.pack_tokens
+        rm.options.packing, rm.options.pack_tokens = "auto", ScoringOptions().pack_tokens
     assert got == pytest.approx(ref, abs=ATOL)
 
 
@@ -336,7 +337,7 @@ def test_packing_leaves_padded_forwards_unchanged(tiny_models):
     batch = collate(enc, rm.encoder.pad_id)
     with torch.no_grad():
         before = rm(batch)
-        rm.pack_sequences = True
+        rm.options.packing = "on"
         rm.rewards_of(enc[:1])  # the first packed forward switches the attention
         assert rm.backbone.config._attn_implementation == "mmrm_packed_sdpa"
         after = rm(batch)
@@ -359,17 +360,17 @@ def test_packing_refuses_sliding_window_models(tiny_models):
 
 def test_packing_is_off_in_training_mode(rms):
     rm = rms["qwen2"]
-    rm.pack_sequences = True
+    rm.options.packing = "on"
     try:
         rm.train()
         with torch.no_grad():
-            assert rm._packing() is False
+            assert rm.engine.packing_active() is False
         rm.eval()
-        assert rm._packing() is False  # grad enabled: a training step, never packed
+        assert rm.engine.packing_active() is False  # grad enabled: a training step, never packed
         with torch.no_grad():
-            assert rm._packing() is True
+            assert rm.engine.packing_active() is True
     finally:
-        rm.pack_sequences = None
+        rm.options.packing = "auto"
         rm.eval()
 
 

@@ -996,7 +996,7 @@ def test_vllm_servers_have_their_own_image_resources_and_health_probes(rayservic
         labels = dep["spec"]["template"]["metadata"]["labels"]
         assert dep["spec"]["selector"]["matchLabels"] == labels, name
     rm = _args(deps["mmrm-vllm-rm"]["spec"]["template"]["spec"]["containers"][0])
-    from mmrm.rm.vllm_engine import POOLER_CONFIG
+    from mmrm.rm.engines.vllm import POOLER_CONFIG
 
     assert rm["--runner"] == "pooling" and rm["--convert"] == "embed"
     assert json.loads(rm["--pooler-config"]) == json.loads(POOLER_CONFIG)

