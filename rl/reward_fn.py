@@ -98,7 +98,7 @@ def media_source(obj: Any) -> str:
 
     >>> media_source("data:image/png;base64,iVBO")
     'data:image/png;base64,iVBO'
-    >>> media_source(b"\\x89PNG....")[:22]
+    >>> media_source(b"\\x89PNG\\r\\n\\x1a\\n....")[:22]
     'data:image/png;base64,'
     """
     if isinstance(obj, str):
