@@ -10,6 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmrm.rm.errors import ConfigError
 
+#: the training length (``max_length`` of a training run); scoring has its own (mmrm.rm.options).
+TRAINING_MAX_LENGTH = 2048
+
 
 class LoraSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -42,8 +45,14 @@ class TrainConfig(BaseModel):
         default="full", description="frozen: head only; lora: head + LoRA adapters (peft); full: everything."
     )
     lora: LoraSettings = Field(default_factory=LoraSettings)
-    max_length: int = Field(default=2048, gt=0)
-    truncation: Literal["refuse", "left"] = "refuse"
+    max_length: int = Field(
+        default=TRAINING_MAX_LENGTH, gt=0,
+        description="The training length: longest encoded pair side in tokens during training (media expanded); "
+        "longer ones are refused or truncated per `truncation`. The checkpoint records it as its max_length, "
+        "which scoring uses unless the scoring options set one (mmrm.rm.options; scoring's own default is the "
+        "checkpoint's value, 4096 for a checkpoint that records none).")
+    truncation: Literal["refuse", "left"] = Field(
+        default="refuse", description="An over-long pair side: refuse it, or drop prompt tokens from the left.")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     device: str = Field(default="auto", description="auto (CUDA when present), cpu or cuda[:N]; in-process runs.")
 
