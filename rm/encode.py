@@ -16,6 +16,7 @@ from typing import Any, Callable, Literal
 import torch
 
 from mmrm.rm.errors import InputTooLong, InvalidInput, UnsupportedInput
+from mmrm.rm.families import ModelFamily, family_for
 from mmrm.rm.media import MediaLoader
 from mmrm.rm.types import ImagePart, Message, TextPart, VideoPart
 
@@ -71,6 +72,8 @@ class Encoder:
         max_length: longest sequence accepted, in tokens (after image/video expansion).
         truncation: ``"refuse"`` (default) raises :class:`InputTooLong`; ``"left"`` drops prompt
             tokens from the left, keeping the whole response, and refuses if that would cut media.
+        model_type: the checkpoint's ``config.model_type``, which picks the model family
+            (:mod:`mmrm.rm.families`); if None, the family is recognised from the vocabulary.
     """
 
     def __init__(
@@ -80,6 +83,7 @@ class Encoder:
         media: MediaLoader | None = None,
         max_length: int = 4096,
         truncation: Truncation = "refuse",
+        model_type: str | None = None,
     ) -> None:
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
@@ -91,13 +95,17 @@ class Encoder:
             raise UnsupportedInput("the tokenizer has no pad token; set one in the checkpoint", field="tokenizer")
         self.pad_id = int(self.tokenizer.pad_token_id)
         vocab = self.tokenizer.get_vocab()
+        self.family: ModelFamily = family_for(vocab, model_type)
+        # The processor's own media placeholders (transformers' generic attributes) and the family's
+        # media tokens.
+        declared = {getattr(processor, a, None) for a in ("image_token", "video_token", "vision_start_token", "vision_end_token")}
+        media_tokens = {t for t in declared if isinstance(t, str) and t} | set(self.family.media_tokens)
         # Token ids that mark media spans: left truncation must never cut through one.
-        self._media_ids = {vocab[t] for t in ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>") if t in vocab}
-        # The processor's own media placeholders and every special token that marks media: typed
-        # into a text part they would make the token count disagree with the images given, which
-        # fails the whole forward (and with it every other sample of the batch).
-        marks = {getattr(processor, a, None) for a in ("image_token", "video_token", "vision_start_token", "vision_end_token")}
-        marks |= {t for t in self.tokenizer.all_special_tokens if vocab.get(t) in self._media_ids}
+        self._media_ids = {vocab[t] for t in media_tokens if t in vocab}
+        # Every special token that marks media: typed into a text part it would make the token count
+        # disagree with the images given, which fails the whole forward (and with it every other
+        # sample of the batch).
+        marks = declared | {t for t in self.tokenizer.all_special_tokens if vocab.get(t) in self._media_ids}
         self._placeholders = sorted(t for t in marks if isinstance(t, str) and t)
 
     # ----------------------------------------------------------------------------------------------
