@@ -124,9 +124,9 @@ class _MediaKeepingEncoder(Encoder):
 
 def png_data_uri(image: Any) -> str:
     """A lossless PNG data URI of a loaded image: the server decodes exactly these pixels."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+    from mmrm.rm.media import to_data_uri  # the one encoder to data URIs
+
+    return to_data_uri(image)
 
 
 _SENTINEL = "\uE000mmrm-final\uE000"
