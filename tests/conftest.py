@@ -144,17 +144,11 @@ def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("media")
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def service(ray_cluster, reward_checkpoint: Path, tiny_qwen2_vl: Path, media_root: Path) -> dict:
     """The mmrm service on real Ray Serve + HTTP: a reward model, an hf judge, and a rate-limited app."""
+    from helpers import free_port
+
     from mmrm.serve.config import ServeFile
     from mmrm.serve.run import start
 
@@ -177,7 +171,7 @@ def service(ray_cluster, reward_checkpoint: Path, tiny_qwen2_vl: Path, media_roo
         {"name": "mmrm", "route_prefix": "/", "import_path": "mmrm.serve.app:build_app", "args": args},
         {"name": "limited", "route_prefix": "/limited", "import_path": "mmrm.serve.app:build_app", "args": limited},
     ]})
-    addr = start(sf, port=_free_port())
+    addr = start(sf, port=free_port())
     return {"url": addr["url"], "token": token, "headers": {"Authorization": f"Bearer {token}"},
             "checkpoint": reward_checkpoint, "media_root": media_root, "judge_model": tiny_qwen2_vl}
 
@@ -335,18 +329,15 @@ def rel_serve_args(checkpoint: Path, media_root: Path, stub_url: str) -> dict:
 def deploy_rel(args: dict, url: str) -> None:
     """(Re)deploy the "rel" application on the running Serve instance; returns when ``url`` (its root
     on the proxy) answers: serve.run returns once the app runs, a moment before the proxy routes to it."""
-    import time
-
     import httpx
+    from helpers import wait_until
     from ray import serve
 
     from mmrm.serve.app import build_app
 
     serve.run(build_app(args), name="rel", route_prefix=REL_PREFIX, blocking=False)
-    deadline = time.monotonic() + 60
-    while httpx.get(url + "/healthz", timeout=10).status_code != 200:
-        assert time.monotonic() < deadline, "the rel app is not routed by the proxy"
-        time.sleep(0.2)
+    wait_until(lambda: httpx.get(url + "/healthz", timeout=10).status_code == 200, timeout=60, interval=0.2,
+               message="the rel app is not routed by the proxy")
 
 
 @pytest.fixture(scope="session")
@@ -433,15 +424,14 @@ def replica_pids(app: str, deployment: str) -> dict[str, int]:
 def wait_for_replicas(app: str, deployment: str, n: int, exclude: frozenset[int] = frozenset(),
                       timeout: float = 120) -> dict[str, int]:
     """At least ``n`` live replicas whose pid is not in ``exclude`` (e.g. one that was killed)."""
-    import time
+    from helpers import wait_until
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def live() -> tuple[dict[str, int]] | None:  # a 1-tuple: truthy even when n == 0 and no replica lives
         reps = {k: v for k, v in replica_pids(app, deployment).items() if v not in exclude}
-        if len(reps) >= n:
-            return reps
-        time.sleep(0.5)
-    raise AssertionError(f"{app}/{deployment}: fewer than {n} live replicas after {timeout} s")
+        return (reps,) if len(reps) >= n else None
+
+    return wait_until(live, timeout=timeout, interval=0.5,
+                      message=f"{app}/{deployment}: fewer than {n} live replicas")[0]
 
 
 def service_pids(app: str) -> dict[str, int]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import VllmErrorResponse, image_part, image_uri, text_part
+from helpers import VllmErrorResponse, image_part, image_uri, text_part, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -68,15 +68,8 @@ def app(service: dict, tiny_qwen2: Path, tmp_path_factory: pytest.TempPathFactor
     serve.run(build_app(args), name="itemfail", route_prefix="/itemfail", blocking=False)
     url = service["url"] + "/itemfail"
     with httpx.Client(base_url=url, timeout=120) as c:
-        for _ in range(240):
-            try:
-                if c.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            import time
-
-            time.sleep(0.5)
+        wait_until(lambda: c.get("/readyz").status_code == 200, timeout=120, interval=0.5,
+                   ignore=(httpx.TransportError,), message=f"{url} never became ready")
     return {"url": url, "media_root": service["media_root"]}
 
 

@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from helpers import png_data_uri
+from helpers import png_data_uri, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -136,10 +136,9 @@ def test_same_score_after_the_service_restarts(rel_service: dict, expected: list
     serve.delete("rel")
     try:
         # really gone: /rel/... now falls through to the main app at "/", which knows no such route
-        deadline = time.monotonic() + 30
-        while httpx.get(rel_service["url"] + "/healthz", headers=rel_service["headers"], timeout=10).status_code != 404:
-            assert time.monotonic() < deadline, "the rel app is still routed after serve.delete"
-            time.sleep(0.2)
+        wait_until(lambda: httpx.get(rel_service["url"] + "/healthz", headers=rel_service["headers"],
+                                     timeout=10).status_code == 404,
+                   timeout=30, interval=0.2, message="the rel app is still routed after serve.delete")
     finally:  # later tests use the app too
         t0 = time.monotonic()
         deploy_rel(rel_service["args"], rel_service["url"])

@@ -6,6 +6,7 @@ up), and the judge's backend is a real server on 127.0.0.1 that misbehaves (conf
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import wait_for_replicas
-from helpers import png_data_uri
+from helpers import WaitTimeout, png_data_uri, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -91,17 +92,19 @@ def test_replica_killed_mid_batch_every_request_completes_with_right_scores(rel_
     proc = psutil.Process(victim)
     with ThreadPoolExecutor(6) as pool:
         futures = {seed: pool.submit(run, seed) for seed in range(len(jobs))}
-        # Kill when traffic is steady and the victim is busy computing (a batch is in flight).
-        deadline = time.monotonic() + 60
-        while len(done) < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        busy_at = None
-        while time.monotonic() < deadline:
+        # Kill when traffic is steady and the victim is busy computing (a batch is in flight); best
+        # effort: after 60 s it is killed anyway.
+        def busy() -> bool:
             t0 = sum(proc.cpu_times()[:2])
             time.sleep(0.05)
-            if sum(proc.cpu_times()[:2]) - t0 > 0.01:  # >= 20% of a core: a forward is running
-                busy_at = len(done)
-                break
+            return sum(proc.cpu_times()[:2]) - t0 > 0.01  # >= 20% of a core: a forward is running
+
+        deadline = time.monotonic() + 60
+        busy_at = None
+        with contextlib.suppress(WaitTimeout):
+            wait_until(lambda: len(done) >= 2, timeout=60, interval=0.05)
+            wait_until(busy, timeout=max(0.0, deadline - time.monotonic()), interval=0)
+            busy_at = len(done)
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
         got = {seed: f.result(timeout=300) for seed, f in futures.items()}

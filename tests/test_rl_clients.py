@@ -33,7 +33,6 @@ bad ones, and checks that ``mmrm_errors_total`` rose by kind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.metadata
 import importlib.util
 import json
@@ -49,7 +48,7 @@ import httpx
 import numpy as np
 import pytest
 
-from helpers import VllmErrorResponse, image_part, image_uri, text_part
+from helpers import VllmErrorResponse, image_part, image_uri, text_part, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -142,13 +141,8 @@ def clients() -> SimpleNamespace:
 
 
 def _wait_ready(url: str) -> None:
-    deadline = time.monotonic() + 180
-    while True:
-        with contextlib.suppress(httpx.TransportError):
-            if httpx.get(url + "/readyz", timeout=30).status_code == 200:
-                return
-        assert time.monotonic() < deadline, f"{url} never became ready"
-        time.sleep(0.5)
+    wait_until(lambda: httpx.get(url + "/readyz", timeout=30).status_code == 200, timeout=180, interval=0.5,
+               ignore=(httpx.TransportError,), message=f"{url} never became ready")
 
 
 @pytest.fixture(scope="module")
