@@ -864,3 +864,90 @@ def test_ssl_context_must_verify() -> None:
     ctx.check_hostname = False
     with pytest.raises(ValueError):
         MediaLoader(ssl_context=ctx)
+
+
+# -------------------------------------------------------------------------------------------------
+# The one source classifier and the one encoder
+
+
+@pytest.mark.parametrize(
+    ("source", "kind", "scheme"),
+    [
+        ("data:image/png;base64,iVBO", "data_uri", "data"),
+        ("  DATA:image/png;base64,iVBO", "data_uri", "data"),
+        ("https://example.com/a.png", "url", "https"),
+        ("FILE:///etc/passwd", "url", "file"),
+        ("mailto:a@b.c", "url", "mailto"),
+        ("C:/images/a.png", "path", None),  # a one-letter scheme is a Windows drive
+        ("images/cat.png", "path", None),
+        ("./" + "A" * 80, "path", None),  # the "." makes it a path
+        ("A" * 63, "path", None),  # shorter than the bare-base64 minimum
+        ("A" * 64, "base64", None),
+        ("iVBORw0KGgo" + "A" * 60 + "\n" + "B" * 10 + "==", "base64", None),
+    ],
+)
+def test_classify_source(source: str, kind: str, scheme: str | None) -> None:
+    from mmrm.rm.media import classify_source
+
+    got = classify_source(source)
+    assert (got.kind, got.scheme, got.text) == (kind, scheme, source.strip())
+
+
+@pytest.mark.parametrize("bad", ["", "   ", None, 3])
+def test_classify_source_refuses_empty_and_non_strings(bad: Any) -> None:
+    from mmrm.rm.media import classify_source
+
+    with pytest.raises(MediaError) as ei:
+        classify_source(bad, field="x")
+    assert ei.value.field == "x"
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mime", "kw"),
+    [("PNG", "image/png", {}), ("JPEG", "image/jpeg", {}), ("GIF", "image/gif", {}),
+     ("WEBP", "image/webp", {"lossless": True}), ("BMP", "image/bmp", {})],
+)
+def test_to_data_uri_keeps_bytes_and_names_their_type(fmt: str, mime: str, kw: dict[str, Any]) -> None:
+    from mmrm.rm.media import to_data_uri
+
+    raw = encode(gradient(), fmt, **kw)
+    assert to_data_uri(raw) == data_uri(raw, mime)
+    assert to_data_uri(bytearray(raw)) == data_uri(raw, mime)
+
+
+def test_to_data_uri_of_unknown_bytes_and_video() -> None:
+    from mmrm.rm.media import to_data_uri
+
+    assert to_data_uri(b"hello").startswith("data:application/octet-stream;base64,")
+    assert to_data_uri(b"\x00\x00\x00\x18ftypmp42").startswith("data:video/mp4;base64,")
+
+
+def test_to_data_uri_of_images_is_lossless_and_keeps_alpha() -> None:
+    from mmrm.rm.media import to_data_uri
+
+    im = gradient()
+    assert MediaLoader().load_image(to_data_uri(im)).tobytes() == im.tobytes()
+    rgba = Image.new("RGBA", (4, 3), (10, 20, 30, 0))  # fully transparent: shown white
+    uri = to_data_uri(rgba)
+    assert Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).mode == "RGBA"
+    assert MediaLoader().load_image(uri).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_to_data_uri_converts_modes_the_format_cannot_store() -> None:
+    from mmrm.rm.media import to_data_uri
+
+    cmyk = Image.new("CMYK", (4, 3), (0, 255, 255, 0))  # pure red ink on paper
+    assert MediaLoader().load_image(to_data_uri(cmyk)).getpixel((0, 0)) == (255, 0, 0)
+    jpeg = to_data_uri(Image.new("RGBA", (8, 8), (0, 0, 0, 0)), format="JPEG", quality=95)
+    assert jpeg.startswith("data:image/jpeg;base64,")
+    r, g, b = MediaLoader().load_image(jpeg).getpixel((4, 4))
+    assert min(r, g, b) >= 250  # transparent became white, not black
+
+
+def test_to_data_uri_refuses_what_it_cannot_encode() -> None:
+    from mmrm.rm.media import to_data_uri
+
+    with pytest.raises(ValueError):
+        to_data_uri(gradient(), format="TIFF")
+    with pytest.raises(TypeError):
+        to_data_uri("data:image/png;base64,iVBO")  # type: ignore[arg-type]
