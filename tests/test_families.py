@@ -51,9 +51,10 @@ def test_qwen_placeholders_typed_as_text_are_refused(processors: dict) -> None:
 
 
 def test_left_truncation_never_cuts_a_qwen_media_span(processors: dict) -> None:
-    from PIL import Image
     import base64
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.new("RGB", (56, 56), (9, 99, 199)).save(buf, "PNG")

@@ -9,8 +9,9 @@ What a decoded image looks like (each rule tested against the same picture saved
 
 * **EXIF orientation** is applied to still images (as transformers' ``load_image`` does with
   ``ImageOps.exif_transpose``): a phone photo stored sideways is scored upright. An EXIF block
-  that cannot be parsed leaves the image as stored. Frames of an animation or a video are used as
-  stored (video frames carry no per-frame orientation).
+  that cannot be parsed leaves the image as stored. Frames of an animated image or of a video file
+  are used as stored (as before: they carry no per-frame orientation); a video given as a list of
+  images loads each one as a still, orientation applied.
 * **16-bit** greyscale PNG (Pillow mode ``I;16``/``I``) is scaled to 8 bits (``round(v / 257)``),
   not clipped to white; 16-bit RGB(A) PNG is read at 8 bits by Pillow itself.
 * **CMYK** (JPEG) becomes RGB by Pillow's conversion, ``R = (255 - C) * (255 - K) / 255``;
