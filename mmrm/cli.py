@@ -18,7 +18,7 @@ def _fail(e: Exception) -> None:
     from rich.markup import escape
 
     # Messages carry field paths like items[0]; escape them so rich does not read them as markup.
-    console.print(f"[red]error:[/red] {escape(str(e))}")
+    console.print(f"[red]error:[/red] {escape(str(e))}", soft_wrap=True)  # a long field path stays one piece
     raise typer.Exit(2)
 
 
