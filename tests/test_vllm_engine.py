@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-from helpers import image_part, image_uri, text_part, video_part
+from helpers import free_port, image_part, image_uri, text_part, video_part
 from mmrm.rm.errors import ConfigError, UnsupportedInput
 from mmrm.rm.reward_model import RewardModel
 from mmrm.rm.scorer import Scorer
@@ -187,9 +186,6 @@ def test_vllm_engine_group_with_an_image_uses_the_prefix_cache(engines) -> None:
 
 
 def test_vllm_engine_server_down_fails_items_not_the_caller(text_checkpoint: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
-    from vllm_server import free_port
-
     vl = RewardModel.from_pretrained(text_checkpoint, engine="vllm", vllm=VLLMServer(
         base_url=f"http://127.0.0.1:{free_port()}/v1", served_model="tiny-rm", timeout_s=5))
     try:
