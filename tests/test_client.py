@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 import pytest
+from helpers import free_port
 
 from mmrm.client import AsyncClient, Client, RemoteScorer, ServiceError, TransportError
 from mmrm.rm.errors import InvalidInput, MmrmError
@@ -152,12 +152,6 @@ def server():
     s.stop()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def samples(n: int) -> list[dict[str, Any]]:
     return [{"prompt": f"question {i}", "response": str(i)} for i in range(n)]
 
@@ -236,7 +230,7 @@ def test_429_http_date_retry_after(server: Server):
 
 
 def test_connection_refused_then_server_up():
-    port = _free_port()
+    port = free_port()
     holder: dict[str, Server] = {}
     t = threading.Timer(0.6, lambda: holder.setdefault("s", Server(port)))
     t.start()
@@ -252,7 +246,7 @@ def test_connection_refused_then_server_up():
 
 
 def test_connection_refused_gives_typed_error_after_retries():
-    with Client(**fast(f"http://127.0.0.1:{_free_port()}", max_retries=2)) as c:
+    with Client(**fast(f"http://127.0.0.1:{free_port()}", max_retries=2)) as c:
         with pytest.raises(TransportError) as ei:
             c.score(samples(1), model="m", request_id="rid-1")
     assert ei.value.request_id == "rid-1" and isinstance(ei.value, MmrmError)
@@ -456,7 +450,7 @@ def test_remote_scorer_is_a_scorer_batches_in_order_with_the_cards_provenance(se
 
 
 def test_remote_scorer_without_a_card_is_keyed_by_url_and_name(server: Server):
-    with Client(**fast(f"http://127.0.0.1:{_free_port()}", max_retries=0)) as c:
+    with Client(**fast(f"http://127.0.0.1:{free_port()}", max_retries=0)) as c:
         a = RemoteScorer(c, model="m").provenance
         b = RemoteScorer(c, judge="m", rubric="vqa").provenance
     assert a.fingerprint.startswith("url-") and a.fingerprint != b.fingerprint and a.engine == "service"
@@ -505,7 +499,7 @@ def test_async_client_mirrors_sync(server: Server):
 
 
 def test_async_connection_refused_then_up_and_cap():
-    port = _free_port()
+    port = free_port()
     holder: dict[str, Server] = {}
 
     async def main() -> None:
@@ -513,7 +507,7 @@ def test_async_connection_refused_then_up_and_cap():
             loop = asyncio.get_running_loop()
             loop.call_later(0.5, lambda: holder.setdefault("s", Server(port)))
             assert (await c.score(samples(1), model="m"))[0].value == 0.0
-        async with AsyncClient(**fast(f"http://127.0.0.1:{_free_port()}", max_retries=100, max_retry_time=0.6)) as c:
+        async with AsyncClient(**fast(f"http://127.0.0.1:{free_port()}", max_retries=100, max_retry_time=0.6)) as c:
             t0 = time.monotonic()
             with pytest.raises(TransportError):
                 await c.score(samples(1), model="m")

@@ -17,14 +17,13 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 import yaml
-from vllm_server import free_port
+from helpers import free_port, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -118,16 +117,12 @@ def test_mmrm_serve_listens_on_loopback_only_and_keeps_the_token_private(reward_
         proc = subprocess.Popen([str(MMRM), "serve", str(config), "--num-cpus", "2"], env=env, cwd=tmp_path,
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
+        def healthy() -> bool:
             assert proc.poll() is None, f"mmrm serve exited ({proc.returncode}):\n{log.read_text()[-4000:]}"
-            assert time.monotonic() < deadline, f"no /healthz after {START_TIMEOUT_S} s:\n{log.read_text()[-4000:]}"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200
+
+        wait_until(healthy, timeout=START_TIMEOUT_S, interval=1, ignore=(httpx.TransportError,),
+                   message=lambda: f"no /healthz:\n{log.read_text()[-4000:]}")
         procs = _tree(proc.pid)
         names = {p.name() for p in procs}
         # Its own Ray: the GCS and the raylet are children of this CLI process, not of the session's.

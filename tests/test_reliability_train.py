@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import state_dicts_equal
+from helpers import state_dicts_equal, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -71,9 +71,9 @@ def test_training_killed_mid_epoch_resumes_to_the_same_weights(tmp_path: Path, t
     part = _config(tmp_path, "part", tiny_qwen2_vl, digits)
     # The kill first (the uninterrupted run goes after it, so both never compete for the 2 cores).
     proc = subprocess.Popen(_cmd(part), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 240
-    while _step(tmp_path / "part") < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # until step 3 is saved (or the run has exited: the assert below shows its stderr)
+    wait_until(lambda: _step(tmp_path / "part") >= 3 or proc.poll() is not None, timeout=240, interval=0.05,
+               message="the training run saved no step 3")
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:] if proc.stderr else ""
     time.sleep(0.3)  # into the middle of a later step (a forward/backward takes longer than this)
     os.kill(proc.pid, signal.SIGKILL)
