@@ -42,7 +42,7 @@ class JudgeServer:
 
     def __init__(self) -> None:
         self.answers: deque[tuple[int, dict[str, str], Any]] = deque()
-        self.arrivals: list[float] = []
+        self.arrivals: list[float] = []  # of /chat/completions requests
         self.connections = 0  # TCP connections accepted (one handler per connection with keep-alive)
         self.lock = threading.Lock()
         srv = self
@@ -61,15 +61,13 @@ class JudgeServer:
             def do_POST(self) -> None:
                 n = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(n)) if n else {}
-                with srv.lock:
-                    srv.arrivals.append(time.monotonic())
-                    answer = srv.answers.popleft() if srv.answers else None
-                if self.path.endswith("/tokenize"):
-                    status, headers, payload = 404, {}, {"error": {"message": "no tokenizer route"}}
-                elif answer is None:
-                    status, headers, payload = 200, {}, completion(body)
+                if self.path.endswith("/tokenize"):  # no tokenizer route: the label check is skipped
+                    status, headers, payload = 404, {}, {"error": {"message": "not found"}}
                 else:
-                    status, headers, payload = answer
+                    with srv.lock:
+                        srv.arrivals.append(time.monotonic())
+                        answer = srv.answers.popleft() if srv.answers else None
+                    status, headers, payload = answer if answer is not None else (200, {}, completion(body))
                 data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -157,7 +155,7 @@ def test_one_connection_pool_for_the_backends_lifetime(server: JudgeServer):
         # a judge on the same backend (it checks its labels on /tokenize first) uses the same pool
         [res] = Judge("helpfulness", backend, JudgeOptions(min_label_mass=0.0)).score([Sample(prompt="q", response="a")])
         assert res.ok and res.value == pytest.approx((4.4 - 1) / 4)
-    assert len(server.arrivals) >= 16 + 1
+    assert len(server.arrivals) == 16 + 1
     # a new client per call would have opened at least one connection per call (5 and up)
     assert 1 <= server.connections <= 2, server.connections
     assert backend.peak_in_flight == 2
@@ -191,3 +189,31 @@ def test_docstring_examples_run():
 
     res = doctest.testmod(module)
     assert res.failed == 0 and res.attempted > 0
+
+
+def test_a_serve_judge_entry_builds_the_backend_with_its_settings(server: JudgeServer):
+    """serve's judge replica builds the backend from a config entry's settings (no Ray here: the
+    replica class itself), and judges through it."""
+    import asyncio
+
+    from mmrm.serve.judge_deployment import JudgeServer as JudgeReplica
+
+    entry = {"name": "stubby", "judge": {"min_label_mass": 0.0}, "rubrics": ["helpfulness"],
+             "backend": {"type": "openai", "base_url": server.url, "model": "stub-judge", "timeout_s": 7.5,
+                         "max_retries": 1, "max_retry_time_s": 9, "prefill": "none"}}
+    replica = JudgeReplica(entry, {})
+    backend = replica.backend
+    try:
+        assert isinstance(backend, OpenAIJudgeBackend)
+        c = backend.config
+        assert (c.model, c.base_url, c.timeout_s, c.max_retries, c.max_retry_time_s, c.prefill) == (
+            "stub-judge", server.url, 7.5, 1, 9.0, "none")
+        assert backend.retry_policy.max_retries == 1 and backend.retry_policy.max_retry_time == 9.0
+        server.answers.append(busy(429, "1"))  # honoured inside the replica too
+        out = asyncio.run(replica.judge({"items": [{"prompt": "q", "response": "a"}]}))
+        [r] = out["results"]
+        assert r["invalid"] is None and r["value"] == pytest.approx((4.4 - 1) / 4)
+        # the 429 and its retry a second later
+        assert len(server.arrivals) == 2 and server.arrivals[1] - server.arrivals[0] >= 1.0
+    finally:
+        backend.close()
