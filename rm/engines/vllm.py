@@ -27,9 +27,7 @@ included, to all but the first. Video is refused with ``unsupported_input`` (use
 
 from __future__ import annotations
 
-import base64
 import copy
-import io
 import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
