@@ -152,7 +152,7 @@ def run(
             if judge_model is None:
                 raise ValueError("--judge-rubric needs --judge-model")
             spec = JudgeSpec(rubric=judge_rubric, backend="openai" if judge_base_url else "hf", model=judge_model,
-                             base_url=judge_base_url, device="cpu" if device == "auto" else device, dtype=dtype, media_roots=[root],
+                             base_url=judge_base_url, device=device, dtype=dtype, media_roots=[root],
                              config=json.loads(judge_config) if judge_config else {})
     except (MmrmError, ValueError) as e:  # json.JSONDecodeError and pydantic errors are ValueErrors
         _fail(e)

@@ -125,7 +125,7 @@ class JudgeSpec(BaseModel):
     backend: Literal["hf", "openai"] = "hf"
     model: str = Field(description="hf: checkpoint directory; openai: the served model name.")
     base_url: str | None = Field(default=None, description="openai: the server's /v1 URL.")
-    device: str = "cpu"
+    device: str = Field(default="auto", description="hf: auto (CUDA when there is one, else the CPU), cpu, cuda[:N].")
     dtype: str = "float32"
     media_roots: list[Path] = Field(default_factory=list)
     config: dict[str, Any] = Field(default_factory=dict, description="JudgeOptions fields.")

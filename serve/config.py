@@ -108,7 +108,8 @@ class ModelConfig(ModelOptions):
 class HFJudgeBackendSettings(_Strict):
     type: Literal["hf"] = "hf"
     model: Path = Field(description="A transformers checkpoint directory of the judge LMM.")
-    device: str = Field(default="cpu", description="cpu, cuda or cuda:N.")
+    device: str = Field(default="auto", description="auto (the first CUDA device when there is one, else the CPU), "
+                        "cpu, cuda or cuda:N.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(default="float32", description="The judge's compute dtype.")
     max_batch_size: int = Field(default=16, ge=1, description="Judge prompts per forward pass.")
     max_length: int = Field(default=4096, gt=0, description="Longest judge prompt in tokens (longer ones are refused per item).")

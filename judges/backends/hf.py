@@ -30,6 +30,7 @@ from mmrm.judges.backends.base import GenReply, GenRequest, LabelReply, LabelReq
 from mmrm.judges.parsing import AnswerSchema
 from mmrm.rm.encode import Encoded, Encoder, collate
 from mmrm.rm.errors import BackendError, ConfigError, MmrmError
+from mmrm.rm.loading import resolve_device
 from mmrm.rm.media import MediaLoader, MediaPolicy
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -48,7 +49,7 @@ class HFJudgeBackend:
 
     Args:
         model_path: checkpoint directory (a VLM with a processor, or a text-only causal LM).
-        device: torch device (``"cpu"``, ``"cuda"``).
+        device: ``"auto"`` (the first CUDA device when there is one, else the CPU), ``"cpu"``, ``"cuda[:N]"``.
         dtype: compute dtype name.
         max_batch_size: requests per forward pass.
         max_length: longest judge prompt in tokens (longer ones are refused per item).
@@ -64,7 +65,7 @@ class HFJudgeBackend:
         self,
         model_path: str | Path,
         *,
-        device: str = "cpu",
+        device: str = "auto",
         dtype: str = "float32",
         max_batch_size: int = 16,
         max_length: int = 4096,
@@ -77,7 +78,7 @@ class HFJudgeBackend:
         if max_batch_size < 1:
             raise ConfigError("max_batch_size must be at least 1", field="max_batch_size", limit=1)
         self.path = Path(model_path)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.dtype = dtype
         self.max_batch_size = max_batch_size
         self.scorer_id = self.path.name
