@@ -29,6 +29,7 @@ _EXPORTS: dict[str, str] = {
     "MmrmError": "mmrm.rm.errors",
     "MediaPolicy": "mmrm.rm.media",
     "RewardModel": "mmrm.rm.reward_model",
+    "ScoringOptions": "mmrm.rm.options",
     # generative judges
     "Judge": "mmrm.judges.judge",
     "Panel": "mmrm.judges.panel",
@@ -69,6 +70,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; never executed
     from mmrm.rl.reward_fn import RewardFn
     from mmrm.rm.errors import MmrmError
     from mmrm.rm.media import MediaPolicy
+    from mmrm.rm.options import ScoringOptions
     from mmrm.rm.reward_model import RewardModel
     from mmrm.rm.scorer import GroupResult, Scorer
     from mmrm.rm.types import Group, Message, Pair, Provenance, Sample, ScoreResult
