@@ -140,19 +140,63 @@ class JudgeConfig(_Strict):
 
 
 class Limits(_Strict):
+    """Per-request bounds, checked at the ingress before any work starts (except ``media``, which
+    the replicas apply to each item). Over a count or size limit: 422 (413 for bytes), naming the
+    field and the limit."""
+
+    # Parameters that bound what one request may ask for.
     max_body_bytes: int = Field(default=32 * 1024 * 1024, gt=0, description="Request body bytes (413 above).")
     max_items: int = Field(default=256, gt=0, description="Items (samples, pairs, groups) per request.")
     max_group_size: int = Field(default=64, gt=0, description="Responses per group in /v1/rank.")
-    request_timeout_s: float = Field(default=120, gt=0, description="Per-request deadline at the ingress (504).")
+    # A request's cost follows the samples it scores, not its items: a /v1/rank of 256 groups x 64
+    # responses is 16,384 samples.
+    max_samples: int = Field(
+        default=1024, gt=0,
+        description="Samples scored per request: items (/v1/score), pairs x 2 (/v1/compare), the responses "
+        "of all groups (/v1/rank); for /v1/judge, items, or pairs x 2 responses x 2 orders (422 above).")
+    max_text_chars: int = Field(
+        default=8_000_000, gt=0,
+        description="Characters of text summed over the samples scored (a group's prompt counts once per "
+        "response: each is encoded with it), 422 above.")
+    max_request_pixels: int = Field(
+        default=500_000_000, gt=0,
+        description="Image pixels summed over the samples scored, from the image headers of inline images "
+        "(data URIs, base64), before anything is decoded (422 above). Images by path or URL are bounded "
+        "one by one (media.max_pixels) when a replica loads them.")
+    # Parameters that bound time.
+    request_timeout_s: float = Field(
+        default=120, gt=0,
+        description="Per-request deadline at the ingress (504). The replicas get it too and stop the "
+        "request's remaining work (queued items, sub-batches, media decoding) once it passes.")
+    body_timeout_s: float = Field(
+        default=30, gt=0,
+        description="Time for a request's body to arrive completely (408 after it). A request is admitted "
+        "(counted against admission.max_inflight) only once its body is complete.")
+    max_header_bytes: int = Field(
+        default=16 * 1024, gt=0,
+        description="Bytes of all request headers (names + values), 431 above; checked before the token is "
+        "compared. Default: h11's cap on a request head.")
     media: MediaPolicy = Field(default_factory=MediaPolicy)
 
 
 class Admission(_Strict):
     """mmrm's own admission control at the ingress: at most ``max_inflight`` requests at once;
-    the rest get 503 with ``Retry-After`` at once instead of waiting in an unbounded queue."""
+    the rest get 503 with ``Retry-After`` at once instead of waiting in an unbounded queue.
 
-    max_inflight: int = Field(default=256, ge=1)
-    retry_after_s: float = Field(default=1.0, gt=0)
+    A request counts against ``max_inflight`` only once its body has arrived; while it arrives it
+    counts against ``max_body_reads`` (a separate, larger bound: it keeps the bodies held in memory
+    bounded, and a client trickling its body can never take a slot that complete requests need)."""
+
+    max_inflight: int = Field(default=256, ge=1, description="Requests with a complete body worked on at once (503 above).")
+    max_body_reads: int | None = Field(
+        default=None, ge=1,
+        description="Requests whose body is still arriving, at once (503 above); unset: 4 x max_inflight. "
+        "Each is held at most limits.body_timeout_s.")
+    retry_after_s: float = Field(default=1.0, gt=0, description="Retry-After of a 503 from admission.")
+
+    @property
+    def body_reads(self) -> int:
+        return self.max_body_reads if self.max_body_reads is not None else 4 * self.max_inflight
 
 
 class RateLimit(_Strict):

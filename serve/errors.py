@@ -68,13 +68,28 @@ def error_body(d: dict[str, Any], status: int) -> dict[str, Any]:
     return {"error": {**d, "type": error_type(status), "code": status}}
 
 
-def error_response(exc: e.MmrmError, request_id: str | None = None) -> JSONResponse:
-    status = status_for(exc)
+#: Two refusals of the ingress whose kind is shared with another status (the kind vocabulary,
+#: :data:`mmrm.rm.errors.ErrorKind`, is fixed, and a subclass with the same kind would capture that
+#: kind when :func:`from_wire` rebuilds an error): a body that did not arrive within
+#: ``limits.body_timeout_s`` (kind ``timeout``) and headers over ``limits.max_header_bytes``
+#: (kind ``payload_too_large``). They pass these to :func:`error_response` as ``status``.
+BODY_TIMEOUT_STATUS = 408
+HEADERS_TOO_LARGE_STATUS = 431
+
+
+def error_response(exc: e.MmrmError, request_id: str | None = None, *, status: int | None = None) -> JSONResponse:
+    """The response for a typed error: its status from the mapping above (or ``status``, one of the
+    two overrides above), the envelope, and the headers the status needs."""
+    status = status or status_for(exc)
     headers: dict[str, str] = {}
     if isinstance(exc, e.Overloaded):
         headers["Retry-After"] = str(max(1, round(exc.retry_after)))
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    if status in (BODY_TIMEOUT_STATUS, HEADERS_TOO_LARGE_STATUS):
+        # The rest of the request (a trickling body, oversized headers) is not read, so the
+        # connection cannot carry another request: the HTTP server closes it after this answer.
+        headers["Connection"] = "close"
     return JSONResponse(error_body(exc.to_dict(), status), status_code=status, headers=headers)
 
 

@@ -15,7 +15,11 @@ from mmrm.serve.config import ServiceConfig
 from mmrm.serve.ingress import build_fastapi
 
 
-@serve.deployment(name="ingress", max_ongoing_requests=1024)
+# A replaced ingress (a redeploy) drains its requests before it exits; one may be waiting for a model
+# replica that is itself being replaced, and loading a model can take longer than Serve's default
+# 20 s. 150 s covers the default request deadline plus the body deadline (120 s + 30 s), after which
+# every request has its answer anyway.
+@serve.deployment(name="ingress", max_ongoing_requests=1024, graceful_shutdown_timeout_s=150)
 @serve.ingress()
 class Ingress:
     def __init__(self, config: dict[str, Any], models: dict[str, DeploymentHandle],

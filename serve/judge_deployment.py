@@ -11,19 +11,55 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
+from mmrm.judges.backends.base import GenReply, GenRequest, LabelReply, LabelRequest
 from mmrm.judges.judge import Judge
 from mmrm.judges.rubrics import Rubric, load_rubric
 from mmrm.rm.errors import InvalidInput, MmrmError
 from mmrm.rm.media import MediaPolicy
 from mmrm.rm.types import Pair, Sample
 from mmrm.serve.config import JudgeConfig
-from mmrm.serve.errors import to_wire
+from mmrm.serve.errors import Timeout, to_wire
 
 log = logging.getLogger("mmrm.serve")
+
+_Req = TypeVar("_Req", LabelRequest, GenRequest)
+_Rep = TypeVar("_Rep", LabelReply, GenReply)
+
+
+class StopAware:
+    """A judge backend for ONE request that stops when nobody waits for the request any more
+    (``abandoned()``: its deadline passed, or Ray cancelled it after a 504 or a client disconnect).
+
+    It passes the judge's queries to the shared backend in chunks of one backend batch, and asks
+    ``abandoned()`` before each chunk: the chunks not yet started are answered with a timeout error
+    (read by nobody) instead of running. Everything else is the backend's own (fingerprint, labels)."""
+
+    def __init__(self, backend: Any, abandoned: Callable[[], bool], chunk: int) -> None:
+        self._backend, self._abandoned, self._chunk = backend, abandoned, max(1, chunk)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backend, name)
+
+    def _chunked(self, run: Callable[[list[_Req]], list[_Rep]], requests: list[_Req], empty: type[_Rep]) -> list[_Rep]:
+        out: list[_Rep] = []
+        for k in range(0, len(requests), self._chunk):
+            part = requests[k:k + self._chunk]
+            if self._abandoned():
+                out += [empty(error=Timeout("the request was abandoned before this query ran")) for _ in part]
+            else:
+                out += run(part)
+        return out
+
+    def label_probs(self, requests: list[LabelRequest]) -> list[LabelReply]:
+        return self._chunked(self._backend.label_probs, requests, LabelReply)
+
+    def generate(self, requests: list[GenRequest]) -> list[GenReply]:
+        return self._chunked(self._backend.generate, requests, GenReply)
 
 
 class JudgeServer:
@@ -52,6 +88,9 @@ class JudgeServer:
         # An in-process model runs one forward at a time (several at once would each take every
         # core and thrash); a remote server batches concurrent requests itself.
         self._lock: Any = threading.Lock() if b.type == "hf" else contextlib.nullcontext()
+        # Queries per backend call, so that an abandoned request stops between calls: one forward
+        # batch of an in-process model; as many as a remote backend sends at once.
+        self._chunk = int(getattr(b, "max_batch_size", None) or getattr(b, "max_concurrency", None) or 16)
 
     async def info(self) -> dict[str, Any]:
         j = Judge(self.rubrics[self.cfg.default_rubric], self.backend, self.cfg.judge)
@@ -70,12 +109,29 @@ class JudgeServer:
             raise InvalidInput(f"unknown rubric {rubric!r}", field="rubric", limit=sorted(self.rubrics))
         return self.rubrics[rubric]
 
-    async def judge(self, body: dict[str, Any], request_id: str = "") -> dict[str, Any]:
+    async def judge(self, body: dict[str, Any], request_id: str = "", deadline: float | None = None) -> dict[str, Any]:
         """Judge samples (pointwise / checklist) or pairs (both orders); per-item failures stay per
-        item, each naming its item (``items[i]`` / ``pairs[i]``)."""
+        item, each naming its item (``items[i]`` / ``pairs[i]``).
+
+        ``deadline`` (wall-clock seconds, :func:`time.time`): once it passes, or once Ray cancels
+        this request (a 504 at the ingress, a client that disconnected), the judge's queries that
+        have not started are dropped (:class:`StopAware`); only the backend batch already running
+        finishes."""
+        cancelled = threading.Event()
+
+        def abandoned() -> bool:
+            return cancelled.is_set() or (deadline is not None and time.time() > deadline)
+
+        try:
+            return await self._judge(body, StopAware(self.backend, abandoned, self._chunk))
+        except asyncio.CancelledError:
+            cancelled.set()  # the worker thread stops before its next backend batch
+            raise
+
+    async def _judge(self, body: dict[str, Any], backend: StopAware) -> dict[str, Any]:
         key = "pairs" if body.get("pairs") is not None else "items"
         try:
-            judge = Judge(self._rubric(body.get("rubric")), self.backend, self.cfg.judge)
+            judge = Judge(self._rubric(body.get("rubric")), backend, self.cfg.judge)
             refs = body.get("references")
             if key == "pairs":
                 run: Any = partial(judge.compare, [Pair.model_validate(p) for p in body["pairs"]], references=refs)

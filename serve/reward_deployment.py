@@ -24,11 +24,29 @@ from mmrm.rm.media import MediaPolicy
 from mmrm.rm.reward_model import RewardModel
 from mmrm.rm.types import Sample, ScoreResult
 from mmrm.serve.config import ModelConfig
-from mmrm.serve.errors import from_wire
+from mmrm.serve.errors import Timeout, from_wire, to_wire
 
 log = logging.getLogger("mmrm.serve")
 
 WARMUP = Sample(prompt="warm-up", response="ok")
+
+
+class Abandon:
+    """When nobody waits for a request any more: its deadline (wall-clock, from the ingress) has
+    passed, or it was cancelled (the ingress answered 504, or the client disconnected: Ray raises
+    CancelledError in the replica's coroutine). Worker threads cannot be cancelled, so they ask
+    :meth:`now` between items and before each forward, and the rest of the request is dropped."""
+
+    def __init__(self, deadline: float | None) -> None:
+        self.deadline = deadline
+        self.cancelled = threading.Event()
+
+    def now(self) -> bool:
+        return self.cancelled.is_set() or (self.deadline is not None and time.time() > self.deadline)
+
+    def error(self, field: str) -> Timeout:
+        return Timeout("the request was abandoned (deadline passed or cancelled) before this item ran",
+                       field=field or None)
 
 
 class RewardModelServer:
@@ -85,35 +103,46 @@ class RewardModelServer:
 
     # --------------------------------------------------------------------------- scoring
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def _score_batch(self, items: list[Encoded]) -> list[tuple[float | MmrmError | RuntimeError, int, int]]:
+    async def _score_batch(self, items: list[tuple[Encoded, Abandon]]) -> list[tuple[float | MmrmError | RuntimeError, int, int]]:
+        # Serve's batcher already leaves out items whose request was cancelled before the batch
+        # formed (ray/serve/batching.py); items whose request is abandoned while this batch waits
+        # for the forward lock are dropped just before the forward.
         rm = self.rm
         assert rm is not None
         depth = self._pending
-        rewards = await self._run(rm.rewards_of, items)
+        rewards = await self._run(rm.rewards_of, [e for e, _ in items], [a for _, a in items])
         return [(r, len(items), depth) for r in rewards]
 
-    async def _run(self, fn: Any, items: list[Encoded]) -> list[float | MmrmError | RuntimeError]:
-        """Run a forward in a worker thread (the loop stays free), timed for the health check."""
+    async def _run(self, fn: Any, items: list[Encoded], abandon: list[Abandon]) -> list[float | MmrmError | RuntimeError]:
+        """Run a forward in a worker thread (the loop stays free), timed for the health check; the
+        items whose request is abandoned by the time the forward starts are left out (their
+        result: a timeout, read by nobody)."""
         def locked() -> list[float | MmrmError | RuntimeError]:
             with self._forward_lock:
+                out: list[float | MmrmError | RuntimeError] = [a.error("") for a in abandon]
+                live = [i for i, a in enumerate(abandon) if not a.now()]
+                if not live:
+                    return out
                 self._batch_started = time.monotonic()
                 try:
-                    return fn(items)
+                    for i, r in zip(live, fn([items[i] for i in live])):
+                        out[i] = r
+                    return out
                 finally:
                     self._last_batch_s = time.monotonic() - self._batch_started
                     self._batch_started = None
 
         return await asyncio.to_thread(locked)
 
-    async def _one(self, enc: Encoded) -> tuple[Any, int, int]:
+    async def _one(self, enc: Encoded, abandon: Abandon) -> tuple[Any, int, int]:
         self._pending += 1
         try:
-            return await self._score_batch(enc)
+            return await self._score_batch((enc, abandon))
         finally:
             self._pending -= 1
 
     async def score(self, samples: list[dict[str, Any]], request_id: str = "", fields: list[str] | None = None,
-                    groups: list[int] | None = None) -> dict[str, Any]:
+                    groups: list[int] | None = None, deadline: float | None = None) -> dict[str, Any]:
         """Score samples; one result per sample, in order. An entry ``{"error": ...}`` (an item the
         ingress already refused) is that item's invalid result. A sample that cannot be encoded (media
         refused or broken, too long, a modality the model does not take) is that sample's invalid
@@ -122,7 +151,21 @@ class RewardModelServer:
         ``groups`` (sizes, summing to ``len(samples)``) marks consecutive samples that share a
         prompt, a GRPO group: each group's valid samples run the shared-prefix path
         (:meth:`RewardModel.rewards_of_group`) as one unit instead of joining the dynamic batch.
+
+        ``deadline`` (wall-clock seconds, :func:`time.time`): once it passes, or once Ray cancels the
+        request (a 504 at the ingress, a client that disconnected), the rest of the request is
+        dropped: no further item is encoded (media decoding is most of the cost of a large image),
+        no queued item runs, no further group starts. Only the forward already running finishes.
         """
+        abandon = Abandon(deadline)
+        try:
+            return await self._score(samples, request_id, fields, groups, abandon)
+        except asyncio.CancelledError:
+            abandon.cancelled.set()  # the worker thread still encoding this request stops at its next item
+            raise
+
+    async def _score(self, samples: list[dict[str, Any]], request_id: str, fields: list[str] | None,
+                     groups: list[int] | None, abandon: Abandon) -> dict[str, Any]:
         rm = self.rm
         assert rm is not None
         names = fields or [f"items[{i}]" for i in range(len(samples))]
@@ -130,6 +173,9 @@ class RewardModelServer:
         def encode_all() -> list[Encoded | MmrmError]:
             out: list[Encoded | MmrmError] = []
             for i, raw in enumerate(samples):
+                if abandon.now():
+                    out += [abandon.error(names[k]) for k in range(i, len(samples))]
+                    break
                 if "error" in raw:  # refused at the ingress (a compat route could not convert it)
                     out.append(from_wire(raw["error"]))
                     continue
@@ -151,12 +197,17 @@ class RewardModelServer:
             for n in groups:
                 part = [i for i in range(k, k + n) if i in ok]
                 k += n
-                if part:
-                    values = await self._run(rm.rewards_of_group, [encoded[i] for i in part])  # type: ignore[misc]
+                if part and not abandon.now():
+                    # One group is one unit: _run leaves it out whole if the request is abandoned
+                    # while it waits for the forward lock.
+                    values = await self._run(rm.rewards_of_group, [encoded[i] for i in part],  # type: ignore[misc]
+                                             [abandon] * len(part))
                     outs.update({i: (v, len(part), self._pending) for i, v in zip(part, values)})
-        else:
-            done = await asyncio.gather(*(self._one(encoded[i]) for i in good))  # type: ignore[arg-type]
+        elif not abandon.now():
+            done = await asyncio.gather(*(self._one(encoded[i], abandon) for i in good))  # type: ignore[arg-type]
             outs.update(zip(good, done))
+        if abandon.now():  # nobody reads this answer: the ingress has answered 504 (or the client left)
+            return to_wire(Timeout("the request deadline passed before the request finished", field="request"))
         prov = rm.provenance
         results = []
         for i, enc in enumerate(encoded):

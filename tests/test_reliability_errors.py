@@ -44,7 +44,7 @@ class FakeReplica:
         self.info = _Method(lambda: {"id": "tiny", "kind": "reward_model"})
 
 
-def _ok(samples: list, rid: str, fields: list, groups: list | None = None) -> dict:
+def _ok(samples: list, rid: str, fields: list, groups: list | None = None, deadline: float | None = None) -> dict:
     return {"results": [ScoreResult(value=0.25, provenance=PROV).model_dump(mode="json") for _ in samples],
             "batch_sizes": [len(samples)], "queue_depth": 0}
 

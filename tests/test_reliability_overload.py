@@ -157,7 +157,9 @@ def test_burst_gets_fast_refusals_memory_stays_bounded_and_service_recovers(rel_
     # replicas. So a burst TWICE as large must not raise their peak RSS by more than a small margin
     # over the first burst's peak: growth that tracked the burst (refused bodies read, an unbounded
     # queue) would add ~120 MB (200 more requests x 0.6 MB). The allocator keeps what it once used,
-    # so the first burst's own growth (larger batches, buffers) stays; it must stay under 192 MB.
+    # so the first burst's own growth (larger batches, buffers) stays; it must stay under 240 MB: the
+    # ~100 MB above, plus the bodies being read at once before admission (admission.max_body_reads,
+    # 4 x 16 = 64 x 0.6 MB: ~40 MB).
     # Serve's HTTP proxy (Ray's code, shared by every app) reads every open connection's body into
     # memory before the app sees it: its growth follows connections x body size. It is printed, not
     # asserted (RELIABILITY.md: put a reverse proxy with connection and body-size limits in front).
@@ -172,5 +174,5 @@ def test_burst_gets_fast_refusals_memory_stays_bounded_and_service_recovers(rel_
     for name in pids:
         if name.startswith("SERVE_PROXY_ACTOR"):
             continue
-        assert growth[name] < 192, (name, growth[name])
+        assert growth[name] < 240, (name, growth[name])
         assert extra[name] < 64, (name, extra[name])
