@@ -32,6 +32,7 @@ from mmrm.judges.judge import JudgeOptions
 from mmrm.judges.rubrics import list_rubrics
 from mmrm.rm.errors import ConfigError
 from mmrm.rm.media import MediaPolicy
+from mmrm.rm import service_defaults as defaults
 from mmrm.rm.options import ModelOptions, ScoringOptions, VLLMServer
 
 
@@ -76,13 +77,13 @@ class ModelConfig(ModelOptions):
     vllm: VLLMEngineSettings | None = Field(default=None, description="The vLLM server; required with engine: vllm.")
     batch_wait_timeout_s: float = Field(
         default=0.01, ge=0, le=10, description="How long a dynamic batch waits to fill (max_batch_size items).")
-    num_replicas: int | None = Field(default=1, ge=1, description="Fixed replica count (unset with autoscaling).")
+    num_replicas: int | None = Field(default=defaults.NUM_REPLICAS, ge=1, description="Fixed replica count (unset with autoscaling).")
     autoscaling: Autoscaling | None = None
     # Ray gives torch one thread per CPU of the replica: size this deliberately.
     num_cpus: float = Field(default=1, gt=0, description="CPUs per replica (= torch threads on the CPU).")
     num_gpus: float = Field(default=0, ge=0)
-    max_ongoing_requests: int = Field(default=64, ge=1, description="Requests a replica works on at once.")
-    max_queued_requests: int = Field(default=256, ge=-1, description="Serve's queue in front of the replicas.")
+    max_ongoing_requests: int = Field(default=defaults.MAX_ONGOING_REQUESTS, ge=1, description="Requests a replica works on at once.")
+    max_queued_requests: int = Field(default=defaults.MAX_QUEUED_REQUESTS, ge=-1, description="Serve's queue in front of the replicas.")
     health_timeout_s: float = Field(default=300, gt=0, description="A batch running longer marks the replica unhealthy.")
 
     @model_validator(mode="after")
@@ -165,7 +166,7 @@ class Limits(_Strict):
         "one by one (media.max_pixels) when a replica loads them.")
     # Parameters that bound time.
     request_timeout_s: float = Field(
-        default=120, gt=0,
+        default=defaults.REQUEST_TIMEOUT_S, gt=0,
         description="Per-request deadline at the ingress (504). The replicas get it too and stop the "
         "request's remaining work (queued items, sub-batches, media decoding) once it passes.")
     body_timeout_s: float = Field(
@@ -187,7 +188,7 @@ class Admission(_Strict):
     counts against ``max_body_reads`` (a separate, larger bound: it keeps the bodies held in memory
     bounded, and a client trickling its body can never take a slot that complete requests need)."""
 
-    max_inflight: int = Field(default=256, ge=1, description="Requests with a complete body worked on at once (503 above).")
+    max_inflight: int = Field(default=defaults.MAX_INFLIGHT, ge=1, description="Requests with a complete body worked on at once (503 above).")
     max_body_reads: int | None = Field(
         default=None, ge=1,
         description="Requests whose body is still arriving, at once (503 above); unset: 4 x max_inflight. "
