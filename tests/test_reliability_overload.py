@@ -125,7 +125,9 @@ def test_burst_gets_fast_refusals_memory_stays_bounded_and_service_recovers(rel_
 
     # Every answer is a full success or a typed, fast refusal with Retry-After: no 5xx but 503.
     assert set(codes) <= {200, 429, 503}, sorted(set(codes))
-    assert codes.count(200) >= 8 and codes.count(429) + codes.count(503) >= BURST // 2, codes
+    # Some are served during the burst (admission now counts a request only once its body is read, so
+    # fewer of a burst of large bodies find a free slot than before: 6-17 seen), the rest refused.
+    assert codes.count(200) >= 4 and codes.count(429) + codes.count(503) >= BURST // 2, codes
     for status, headers, text, elapsed in results:
         if status == 200:
             values = [d["value"] for d in json.loads(text)["data"]]
@@ -159,7 +161,9 @@ def test_burst_gets_fast_refusals_memory_stays_bounded_and_service_recovers(rel_
     # queue) would add ~120 MB (200 more requests x 0.6 MB). The allocator keeps what it once used,
     # so the first burst's own growth (larger batches, buffers) stays; it must stay under 240 MB: the
     # ~100 MB above, plus the bodies being read at once before admission (admission.max_body_reads,
-    # 4 x 16 = 64 x 0.6 MB: ~40 MB).
+    # 4 x 16 = 64 x 0.6 MB: ~40 MB). The 2x burst may fill more of those reading places at once than
+    # the first did, so its margin over the first burst's peak is 64 MB plus those bodies (~102 MB),
+    # still below what growth that tracked the offered load would add (>= 120 MB).
     # Serve's HTTP proxy (Ray's code, shared by every app) reads every open connection's body into
     # memory before the app sees it: its growth follows connections x body size. It is printed, not
     # asserted (RELIABILITY.md: put a reverse proxy with connection and body-size limits in front).
@@ -169,10 +173,11 @@ def test_burst_gets_fast_refusals_memory_stays_bounded_and_service_recovers(rel_
     assert set(codes2) <= {200, 429, 503}, sorted(set(codes2))
     print(f"burst of {2 * BURST}:", {c: codes2.count(c) for c in sorted(set(codes2))})
     extra = {n: (rss2.peak[n] - rss.peak[n]) / MIB for n in pids}
+    reading_mib = 4 * 16 * len(body) / MIB  # admission.max_body_reads (default 4 x max_inflight 16) bodies
     print("peak RSS growth, 1st burst over baseline (MiB):", {_short(n): round(g, 1) for n, g in growth.items()})
     print("peak RSS growth, 2x burst over 1st burst's peak (MiB):", {_short(n): round(g, 1) for n, g in extra.items()})
     for name in pids:
         if name.startswith("SERVE_PROXY_ACTOR"):
             continue
         assert growth[name] < 240, (name, growth[name])
-        assert extra[name] < 64, (name, extra[name])
+        assert extra[name] < 64 + reading_mib, (name, extra[name])
