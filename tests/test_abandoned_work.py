@@ -26,6 +26,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from conftest import replica_pids
+from helpers import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -52,15 +53,8 @@ def abandon_app(service: dict) -> dict:
     }
     serve.run(build_app(args), name="abandon", route_prefix=PREFIX, blocking=False)
     url = service["url"] + PREFIX
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(url + "/readyz", headers=service["headers"], timeout=10).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the abandon app did not become ready"
-        time.sleep(0.5)
+    wait_until(lambda: httpx.get(url + "/readyz", headers=service["headers"], timeout=10).status_code == 200,
+               timeout=180, interval=0.5, ignore=(httpx.HTTPError,), message="the abandon app did not become ready")
     (pid,) = replica_pids("abandon", "model-tiny").values()
     return {**service, "url": url, "pid": pid}
 

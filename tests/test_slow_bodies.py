@@ -26,6 +26,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from helpers import wait_until
+
 pytestmark = pytest.mark.slow
 
 PREFIX = "/guard"
@@ -58,15 +60,9 @@ def guard(service: dict) -> dict:
     }
     serve.run(build_app(args), name="guard", route_prefix=PREFIX, blocking=False)
     url = service["url"] + PREFIX
-    deadline = time.monotonic() + 180
-    while True:  # routed by the proxy, and every replica loaded and warm
-        try:
-            if httpx.get(url + "/readyz", headers=service["headers"], timeout=10).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.monotonic() < deadline, "the guard app did not become ready"
-        time.sleep(0.5)
+    # routed by the proxy, and every replica loaded and warm
+    wait_until(lambda: httpx.get(url + "/readyz", headers=service["headers"], timeout=10).status_code == 200,
+               timeout=180, interval=0.5, ignore=(httpx.HTTPError,), message="the guard app did not become ready")
     host, port = service["url"].removeprefix("http://").split(":")
     return {**service, "url": url, "host": host, "port": int(port)}
 
