@@ -15,11 +15,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 
 import pytest
-from helpers import free_port
+from helpers import free_port, serve_in_thread
 
 from mmrm.client import AsyncClient, Client, RemoteScorer, ServiceError, TransportError
 from mmrm.rm.errors import InvalidInput, MmrmError
@@ -133,12 +133,9 @@ class Server:
             do_GET = _handle
             do_POST = _handle
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = serve_in_thread(Handler, port)
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
 
     def stop(self) -> None:
         self.httpd.shutdown()

@@ -14,7 +14,7 @@ import json
 import threading
 import time
 from collections import deque
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -24,6 +24,8 @@ from mmrm.judges.backends.base import GenRequest, LabelRequest
 from mmrm.judges.backends.openai import OpenAIJudgeBackend
 from mmrm.judges.parsing import ANSWER_OPEN
 from mmrm.rm.types import Message, Sample
+
+from helpers import serve_in_thread
 
 #: The scripted model's verdict: P("4") = 0.6, P("5") = 0.4 at the answer slot.
 TOP = [{"token": "4", "logprob": -0.5108256237659907}, {"token": "5", "logprob": -0.916290731874155}]
@@ -77,11 +79,8 @@ class JudgeServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = serve_in_thread(Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
 
     def stop(self) -> None:
         self.httpd.shutdown()
