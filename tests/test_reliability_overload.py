@@ -136,10 +136,12 @@ def test_burst_gets_fast_refusals_memory_stays_bounded_and_service_recovers(rel_
         err = json.loads(text)["error"]
         assert int(headers["retry-after"]) >= 1, headers
         assert err["kind"] in ({"rate_limited"} if status == 429 else {"overloaded", "replica_unavailable"}), err
-        assert elapsed < 10, (status, elapsed)  # refused at once, not after queueing behind the work
+        # Refused without queueing behind the work (which would take the burst's whole duration and
+        # more): max 6.2 s seen in CI, 9.0 s on a machine also busy with other jobs.
+        assert elapsed < 15, (status, elapsed)
     # No median bound: a refusal now waits for its body first (admission follows the body), and on a
     # loaded 2-core machine Serve's proxy took up to ~7 s to pass 200 x 0.6 MB bodies (median refusal
-    # 4.7 s in a full-suite run, 0.5-2 s alone); each refusal is still bounded above (< 10 s).
+    # 4.7 s in a full-suite run, 0.5-2 s alone); each refusal is still bounded above (< 15 s).
     refused = [e for s, _, _, e in results if s != 200]
     print(f"refusal latency (s): median {np.median(refused):.2f}, max {max(refused):.2f}")
 
@@ -162,9 +164,13 @@ def test_burst_gets_fast_refusals_memory_stays_bounded_and_service_recovers(rel_
     # replicas. So a burst TWICE as large must not raise their peak RSS by more than a small margin
     # over the first burst's peak: growth that tracked the burst (refused bodies read, an unbounded
     # queue) would add ~120 MB (200 more requests x 0.6 MB). The allocator keeps what it once used,
-    # so the first burst's own growth (larger batches, buffers) stays; it must stay under 240 MB: the
-    # ~100 MB above, plus the bodies being read at once before admission (admission.max_body_reads,
-    # 4 x 16 = 64 x 0.6 MB: ~40 MB). The 2x burst may fill more of those reading places at once than
+    # so the first burst's own growth (larger batches, buffers) stays. That absolute high-water mark
+    # depends on the allocator and the machine's load (100-276 MB seen; 276 in a loaded CI run), so it
+    # is only a guard against growth that follows the burst: reading and parsing every body of the
+    # first burst would take ~200 x 0.6 MB x ~10 = ~1.2 GB; the guard is 400 MB (the ~100 MB parsed,
+    # the bodies being read at once before admission, admission.max_body_reads = 4 x 16 = 64 x 0.6 MB
+    # ~40 MB, and the allocator's slack). The bound that shows memory does not follow the offered load
+    # is the 2x-burst one below. The 2x burst may fill more of those reading places at once than
     # the first did, so its margin over the first burst's peak is 64 MB plus those bodies (~102 MB),
     # still below what growth that tracked the offered load would add (>= 120 MB).
     # Serve's HTTP proxy (Ray's code, shared by every app) reads every open connection's body into
@@ -182,5 +188,5 @@ def test_burst_gets_fast_refusals_memory_stays_bounded_and_service_recovers(rel_
     for name in pids:
         if name.startswith("SERVE_PROXY_ACTOR"):
             continue
-        assert growth[name] < 240, (name, growth[name])
+        assert growth[name] < 400, (name, growth[name])
         assert extra[name] < 64 + reading_mib, (name, extra[name])
