@@ -12,9 +12,9 @@ training, eval, the vLLM engine)::
     head.safetensors                  the reward head (float32)
     mmrm_reward.json                  CheckpointConfig below: head, pooling rule, pooled token
 
-A transformers ``*ForSequenceClassification`` checkpoint with one label (how many published
-reward models ship) has no ``mmrm_reward.json``; it loads as a ``linear`` head (its ``score``
-layer) pooled at the last real token, as transformers itself pools.
+Published reward models in other layouts (TRL / LLaMA-Factory value heads, Skywork-VL-Reward,
+DocReward, OpenRLHF, one-label ``*ForSequenceClassification``) have no ``mmrm_reward.json``; they
+are detected by :mod:`mmrm.rm.layouts` and load as a ``linear`` head pooled as their authors pool.
 """
 
 from __future__ import annotations
@@ -63,7 +63,14 @@ class CheckpointConfig(BaseModel):
     lora: Literal["merged", "adapter"] | None = Field(
         default=None, description="How LoRA weights are stored: merged into the backbone, or in adapter/."
     )
-    source: Literal["mmrm", "sequence_classification"] = "mmrm"
+    strip_end: bool = Field(
+        default=True, description="Strip trailing whitespace of the rendered conversation (mmrm, OpenRLHF, "
+        "sequence classification); value-head layouts pool the template's trailing newline and keep it.")
+    suffix: str = Field(
+        default="", description="Text appended to the rendered conversation: a token the layout pools "
+        "(DocReward's <|regression|>); empty for none.")
+    source: Literal["mmrm", "sequence_classification", "value_head", "docreward", "openrlhf"] = Field(
+        default="mmrm", description="The layout the checkpoint was loaded from (mmrm.rm.layouts).")
 
 
 def read_config(path: Path) -> CheckpointConfig | None:

@@ -167,15 +167,18 @@ class Encoder:
         *,
         add_generation_prompt: bool = False,
         strip_end: bool = False,
+        suffix: str = "",
         protected_suffix: int = 0,
     ) -> Encoded:
         """Encode one conversation, applying the length policy.
+
+        ``suffix`` is text appended after the rendered template (a token some reward layouts pool).
 
         ``protected_suffix`` is how many final tokens left truncation may never remove (the
         response); callers that do not know it leave 0 and only the prompt side is cut anyway.
         """
         self.check_text(messages)
-        text = self.render(messages, add_generation_prompt=add_generation_prompt, strip_end=strip_end)
+        text = self.render(messages, add_generation_prompt=add_generation_prompt, strip_end=strip_end) + suffix
         images, videos = self.load_media(messages)
         if self.multimodal:
             kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}

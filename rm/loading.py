@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from mmrm.rm import checkpoint as ckpt
+from mmrm.rm import layouts
 from mmrm.rm.encode import Encoder
 from mmrm.rm.errors import ConfigError
 from mmrm.rm.heads import HeadType, RewardHead
@@ -39,18 +40,23 @@ def load_processor(path: Path) -> Any:
     return tf.AutoProcessor.from_pretrained(str(path)) if vision else tf.AutoTokenizer.from_pretrained(str(path))
 
 
-def load_backbone(path: Path, *, dtype: DType, sequence_classification: bool = False) -> nn.Module:
-    """The checkpoint's transformers model: ``*ForSequenceClassification``, image-text-to-text
+def load_backbone(path: Path, *, dtype: DType, base: bool = False) -> nn.Module:
+    """The checkpoint's transformers model: the base model alone
+    (``base``: for checkpoints whose head sits beside the base model's weights), image-text-to-text
     (a VLM) or causal LM, in ``dtype``."""
     import transformers as tf
 
     _, vision = ckpt.backbone_architecture(path)
     kw: dict[str, Any] = {"dtype": DTYPES[dtype]}
-    if sequence_classification:
-        return tf.AutoModelForSequenceClassification.from_pretrained(str(path), **kw)
-    if vision:
-        return tf.AutoModelForImageTextToText.from_pretrained(str(path), **kw)
-    return tf.AutoModelForCausalLM.from_pretrained(str(path), **kw)
+    # The head's tensors are "unexpected" for the base class and are read by load_plan_head.
+    cls = tf.AutoModel if base else tf.AutoModelForImageTextToText if vision else tf.AutoModelForCausalLM
+    model, info = cls.from_pretrained(str(path), output_loading_info=True, **kw)
+    # A body tensor left at random would score silently wrong; the LM head is never used for rewards.
+    missing = [k for k in info.get("missing_keys", ()) if not k.startswith("lm_head.")]
+    if missing:
+        raise ConfigError(f"{path}: the backbone's weights lack {len(missing)} tensors ({', '.join(sorted(missing)[:8])}"
+                          f"{', ...' if len(missing) > 8 else ''}); refusing a partly random model", field="checkpoint")
+    return model
 
 
 def load_head(path: Path, cfg: ckpt.CheckpointConfig, dtype: DType = "float32") -> RewardHead:
@@ -60,6 +66,67 @@ def load_head(path: Path, cfg: ckpt.CheckpointConfig, dtype: DType = "float32") 
     head = RewardHead(cfg.head.hidden_size, cfg.head.type, cfg.head.inner_size)
     head.load_state_dict(load_file(str(path / ckpt.HEAD_NAME)))
     return head.to(DTYPES[dtype])
+
+
+def load_plan_head(path: Path, plan: layouts.Plan, dtype: DType = "float32") -> RewardHead:
+    """The head a detected layout stores (:mod:`mmrm.rm.layouts`), as a ``linear`` head in ``dtype``.
+
+    Every tensor the plan names must be there with its exact shape: a missing or misshapen one is a
+    :class:`ConfigError` naming the tensor and both shapes, never a head left at random. A reward
+    normalization ``(r - mean) / std`` is folded into the head's weight and bias.
+    """
+    assert plan.head_file is not None
+    f = path / plan.head_file
+    if not f.exists():
+        raise ConfigError(f"the {plan.layout} layout's head file {plan.head_file} is missing in {path}", field=plan.head_file)
+    tensors = _read_tensors(f, list(plan.expected_head()))
+    for key, shape in plan.expected_head().items():
+        if key not in tensors:
+            raise ConfigError(f"{plan.head_file} has no {key} (expected shape {list(shape)}); it holds "
+                              f"{sorted(tensors) or 'no head tensors'}", field=key)
+        got = tuple(tensors[key].shape)
+        if got != shape:
+            raise ConfigError(f"{plan.head_file}: {key} has shape {list(got)}, expected {list(shape)}", field=key,
+                              limit=list(shape))
+    head = RewardHead(plan.hidden_size, "linear")
+    w = tensors[plan.head_weight].float()  # type: ignore[index]
+    b = tensors[plan.head_bias].float() if plan.head_bias else torch.zeros(1)
+    if plan.normalize is not None:
+        mean, std = plan.normalize
+        w, b = w / std, (b - mean) / std
+    with torch.no_grad():
+        head.net.weight.copy_(w)
+        head.net.bias.copy_(b)
+    return head.to(DTYPES[dtype])
+
+
+def _read_tensors(f: Path, keys: list[str]) -> dict[str, torch.Tensor]:
+    """The named tensors of a weight file that has them (``.bin`` files with ``weights_only=True``)."""
+    if f.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(f), framework="pt") as fh:
+            return {k: fh.get_tensor(k) for k in keys if k in fh.keys()}
+    sd = layouts.load_pickle_safely(f)
+    return {k: sd[k] for k in keys if k in sd}
+
+
+def plan_config(plan: layouts.Plan, processor: Any) -> ckpt.CheckpointConfig:
+    """The checkpoint config a detected layout implies (it has no ``mmrm_reward.json``)."""
+    enc = Encoder(processor)
+    if plan.suffix:
+        vocab = enc.tokenizer.get_vocab()
+        if plan.suffix not in vocab:
+            raise ConfigError(f"the {plan.layout} layout pools the appended token {plan.suffix!r}, which the "
+                              "checkpoint's tokenizer does not have", field="tokenizer", limit=plan.suffix)
+    return ckpt.CheckpointConfig(
+        head=ckpt.HeadConfig(type="linear", hidden_size=plan.hidden_size),
+        pool_token=pool_token(enc, strip_end=plan.strip_end, suffix=plan.suffix),
+        max_length=DEFAULT_MAX_LENGTH,
+        source=plan.layout,
+        strip_end=plan.strip_end,
+        suffix=plan.suffix,
+    )
 
 
 def seeded_head(hidden: int, head_type: HeadType, inner_size: int | None, seed: int) -> RewardHead:
@@ -73,31 +140,6 @@ def seeded_head(hidden: int, head_type: HeadType, inner_size: int | None, seed: 
             else:
                 p.zero_()
     return head
-
-
-def head_from_score_layer(model: nn.Module, dtype: DType) -> RewardHead:
-    """A one-label ``*ForSequenceClassification`` model's ``score`` layer as a ``linear`` head."""
-    if model.config.num_labels != 1:
-        raise ConfigError(
-            f"a sequence-classification reward model must have one label, this one has {model.config.num_labels}",
-            field="num_labels", limit=1,
-        )
-    score: nn.Linear = model.score
-    head = RewardHead(score.in_features, "linear")
-    with torch.no_grad():
-        head.net.weight.copy_(score.weight.float())
-        head.net.bias.copy_(score.bias.float() if score.bias is not None else torch.zeros(1))
-    return head.to(DTYPES[dtype])
-
-
-def sequence_classification_config(processor: Any, hidden: int) -> ckpt.CheckpointConfig:
-    """The checkpoint config a sequence-classification checkpoint implies (it has no ``mmrm_reward.json``)."""
-    return ckpt.CheckpointConfig(
-        head=ckpt.HeadConfig(type="linear", hidden_size=hidden),
-        pool_token=pool_token(Encoder(processor)),
-        max_length=DEFAULT_MAX_LENGTH,
-        source="sequence_classification",
-    )
 
 
 def with_length_policy(cfg: ckpt.CheckpointConfig, options: ModelOptions) -> ckpt.CheckpointConfig:
@@ -115,7 +157,8 @@ def base_model(model: nn.Module) -> nn.Module:
             model = model.get_base_model()
     except ImportError:  # peft is optional at inference
         pass
-    return getattr(model, model.base_model_prefix)
+    # A base model (loaded alone, see load_backbone) is its own body.
+    return getattr(model, model.base_model_prefix, model)
 
 
 def hidden_size(model: nn.Module) -> int:
@@ -125,10 +168,11 @@ def hidden_size(model: nn.Module) -> int:
     return int(text.hidden_size)
 
 
-def pool_token(enc: Encoder) -> str:
-    """The token a rendered (prompt, response) conversation ends with once trailing space is stripped."""
+def pool_token(enc: Encoder, *, strip_end: bool = True, suffix: str = "") -> str:
+    """The token a rendered (prompt, response) conversation ends with (trailing space stripped
+    unless ``strip_end`` is off; ``suffix`` appended)."""
     probe = [Message(role="user", content="x"), Message(role="assistant", content="y")]
-    ids = enc.tokenizer(enc.render(probe, strip_end=True), add_special_tokens=False)["input_ids"]
+    ids = enc.tokenizer(enc.render(probe, strip_end=strip_end) + suffix, add_special_tokens=False)["input_ids"]
     return enc.tokenizer.convert_ids_to_tokens(ids[-1])
 
 

@@ -27,12 +27,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mmrm.rm.media import MediaPolicy
 
-__all__ = ["DType", "EngineName", "ModelOptions", "Packing", "ScoringOptions", "Truncation", "VLLMServer"]
+__all__ = ["DType", "EngineName", "LayoutName", "ModelOptions", "Packing", "ScoringOptions", "Truncation", "VLLMServer"]
 
 DType = Literal["float32", "bfloat16", "float16"]
 Truncation = Literal["refuse", "left"]
 Packing = Literal["auto", "on", "off"]
 EngineName = Literal["hf", "vllm"]
+#: the checkpoint layouts :mod:`mmrm.rm.layouts` knows.
+LayoutName = Literal["mmrm", "value_head", "docreward", "openrlhf", "sequence_classification"]
 
 #: ``max_length`` of a checkpoint that records none (a sequence-classification checkpoint).
 DEFAULT_MAX_LENGTH = 4096
@@ -59,6 +61,9 @@ class ModelOptions(BaseModel):
     engine: EngineName = Field(
         default="hf", description="hf: the transformers backbone in this process; vllm: a vLLM server runs it.")
     vllm: VLLMServer | None = Field(default=None, description="The vLLM server; required with engine: vllm.")
+    layout: LayoutName | None = Field(
+        default=None, description="hf engine: the checkpoint layout (mmrm, value_head, docreward, openrlhf, "
+        "sequence_classification); None detects it from the files (see `mmrm inspect`).")
     device: str = Field(
         default="auto", description="hf engine: auto (the first CUDA device when there is one, else the CPU), cpu, "
         "cuda or cuda:N. The vllm engine runs only the head here, on the CPU.")

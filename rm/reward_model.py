@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from mmrm.rm import checkpoint as ckpt
-from mmrm.rm import loading
+from mmrm.rm import layouts, loading
 from mmrm.rm.encode import Encoded, Encoder
 from mmrm.rm.engines.base import Chunk, Engine
 from mmrm.rm.engines.hf import HFEngine
@@ -142,7 +142,10 @@ class RewardModel(nn.Module):
         name: str | None = None,
         **overrides: Any,
     ) -> "RewardModel":
-        """Load a checkpoint directory (mmrm format, or a one-label ``*ForSequenceClassification``).
+        """Load a checkpoint directory: mmrm's own, or a published reward model's layout (TRL /
+        LLaMA-Factory value head incl. Skywork-VL-Reward, DocReward, OpenRLHF, one-label
+        ``*ForSequenceClassification``), detected from its files (:mod:`mmrm.rm.layouts`; the
+        ``layout`` option forces one) and scored as its authors' code scores it.
 
         ``options`` (:class:`~mmrm.rm.options.ScoringOptions`) say how it loads and scores; keyword
         ``overrides`` set single fields of it (``device="cpu"``, ``max_length=2048``,
@@ -158,20 +161,10 @@ class RewardModel(nn.Module):
         name = name or path.name
         if opts.engine == "vllm":
             return cls._on_vllm(path, opts, name)
-        cfg = ckpt.read_config(path)
-        if cfg is None:
-            arch, _ = ckpt.backbone_architecture(path)
-            if not arch.endswith("ForSequenceClassification"):
-                raise ConfigError(
-                    f"{path} has neither {ckpt.CONFIG_NAME} nor a *ForSequenceClassification backbone; "
-                    "train a head with `mmrm train` or pass a reward checkpoint",
-                    field="checkpoint",
-                )
-            model = loading.load_backbone(path, dtype=opts.dtype, sequence_classification=True)
-            head = loading.head_from_score_layer(model, opts.head_dtype)
-            processor = loading.load_processor(path)
-            cfg = loading.sequence_classification_config(processor, head.hidden_size)
-        else:
+        plan = layouts.detect(path, opts.layout)
+        if plan.layout == "mmrm":
+            cfg = ckpt.read_config(path)
+            assert cfg is not None  # the mmrm layout is detected by its config file
             model = loading.load_backbone(path, dtype=opts.dtype)
             if cfg.lora == "adapter":
                 from peft import PeftModel
@@ -179,6 +172,12 @@ class RewardModel(nn.Module):
                 model = PeftModel.from_pretrained(model, str(path / ckpt.ADAPTER_DIR))
             head = loading.load_head(path, cfg, opts.head_dtype)
             processor = loading.load_processor(path)
+        else:
+            # the head and the tokenizer are checked before the (large) backbone is read
+            head = loading.load_plan_head(path, plan, opts.head_dtype)
+            processor = loading.load_processor(path)
+            cfg = loading.plan_config(plan, processor)
+            model = loading.load_backbone(path, dtype=opts.dtype, base=plan.loader == "base")
         cfg = loading.with_length_policy(cfg, opts)
         engine = HFEngine(model, _encoder(processor, cfg, opts), opts)
         rm = cls(engine, head, cfg, options=opts, name=name, fingerprint=ckpt.fingerprint(path))
@@ -269,13 +268,14 @@ class RewardModel(nn.Module):
         (naming the sample's field) of a sample that cannot be scored on this model's engine."""
         messages = sample.messages
         suffix = 0
+        strip, tail = self.config.strip_end, self.config.suffix
         if self.encoder.truncation == "left":
-            full = self.encoder.render(messages, strip_end=True)
+            full = self.encoder.render(messages, strip_end=strip) + tail
             prefix = self.encoder.render(sample.prompt, add_generation_prompt=True)
             if full.startswith(prefix):
                 suffix = len(self.encoder.tokenizer(full[len(prefix):], add_special_tokens=False)["input_ids"])
         try:
-            enc = self.encoder.encode(messages, strip_end=True, protected_suffix=suffix)
+            enc = self.encoder.encode(messages, strip_end=strip, suffix=tail, protected_suffix=suffix)
         except MmrmError as e:
             raise _sample_field(e, len(sample.prompt))
         if int(enc.input_ids[-1]) != self.pool_token_id:
