@@ -351,3 +351,45 @@ def test_media_references_are_read_by_the_one_source_classifier(tmp_path: Path) 
     (tmp_path / "e.jsonl").write_text(json.dumps(rows[0]) + "\n")
     (it,) = load_vl_rewardbench(tmp_path / "e.jsonl", media=MediaOptions(inline=True))
     assert it.pair.prompt[0].content[0].url == "data:image/png;base64," + bare
+
+
+# ------------------------------------------------------------------------------------------------
+# One assembly path: limit before media
+
+
+def test_limit_is_applied_before_media_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mmrm.eval.loaders.media import MediaResolver
+    from PIL import Image
+
+    rows = [json.loads(line) for line, _ in zip((shared_data() / "vl_rewardbench" / "data.jsonl").open(), range(3))]
+    for r in rows[:2]:
+        (tmp_path / r["image"]).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (16, 16), (1, 2, 3)).save(tmp_path / r["image"])
+    rows[2]["image"] = "vl_reward/img/not-there.jpg"  # missing, beyond the limit
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen: list = []
+    real = MediaResolver.image
+
+    def spy(self, value, used):  # noqa: ANN001, ANN202
+        seen.append(value)
+        return real(self, value, used)
+
+    monkeypatch.setattr(MediaResolver, "image", spy)
+    items = load_vl_rewardbench(tmp_path / "d.jsonl", limit=2)
+    assert len(items) == 2 and not any(it.uses_placeholders for it in items)
+    assert seen == [rows[0]["image"], rows[1]["image"]]  # the third row's image was never looked at
+    with pytest.raises(MissingMedia, match="not-there.jpg"):
+        load_vl_rewardbench(tmp_path / "d.jsonl")  # without the limit it is refused
+    # the limit keeps the keys of the rows it keeps
+    assert [it.key for it in items] == [it.key for it in load_vl_rewardbench(tmp_path / "d.jsonl", media=PLACEHOLDERS)[:2]]
+
+
+@pytest.mark.parametrize("loader", ["vl-rewardbench", "mm-rlhf-rewardbench", "multimodal-rewardbench", "rewardbench",
+                                    "preference", "mmrb2", "mj-bench"])
+def test_a_row_of_the_wrong_shape_names_the_missing_field_and_the_release(loader: str, tmp_path: Path) -> None:
+    (tmp_path / "t2i.jsonl").write_text(json.dumps({"id": "x", "text": "?"}) + "\n")
+    kwargs = {"mj-bench": {"perspective": "safety"}}.get(loader, {})
+    with pytest.raises(InvalidInput) as e:
+        load_benchmark(loader, tmp_path / "t2i.jsonl", **kwargs)
+    msg = str(e.value)
+    assert "missing field(s)" in msg and "expected" in msg
