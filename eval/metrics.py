@@ -8,7 +8,9 @@ Pinned definitions (one place; the report and the tests use these):
   (``details.verdict``: the response both orders prefer, a tie when the orders disagree). Otherwise:
   ``prob_a_wins`` against 0.5.
 * **correct**: the verdict names the human-preferred side. A tie is wrong, and so is an invalid
-  result (``accuracy`` is strict; ``invalid_rate`` is reported beside it).
+  result (``accuracy`` is mmrm's strict accuracy; ``invalid_rate`` is reported beside it). Each
+  benchmark's own definition (unparsed pairs left out, coin flips, half credit for ties) is in
+  :mod:`mmrm.eval.official`, and reports show both under distinct names.
 * **accuracy**: mean of ``correct`` over all pairs (pooled). **macro accuracy**: the unweighted mean
   of the per-category accuracies.
 * **Acc+**: share of prompt groups in which every pair is correct (MM-RLHF-RewardBench).
@@ -36,7 +38,6 @@ Pinned definitions (one place; the report and the tests use these):
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,9 +55,7 @@ __all__ = [
     "image_reliance",
     "length_bias",
     "macro_accuracy",
-    "official_coin_flip",
     "per_category",
-    "rewardbench_sections",
     "swap_consistency",
     "tie_rate",
     "verdict_of",
@@ -242,36 +241,3 @@ def image_reliance(orig: Sequence[Verdict], blank: Sequence[Verdict], chosen: Se
         "accuracy_blank": accuracy(correct_of(b, c)),
         "mean_abs_delta_p": float(np.mean(deltas)) if deltas else None,
     }
-
-
-# --------------------------------------------------------------------------------------------------
-# Official benchmark scorers
-
-
-def official_coin_flip(verdicts: Sequence[Verdict], chosen: Sequence[str], *, seed: int = 123) -> np.ndarray:
-    """Correctness as Multimodal RewardBench's ``scripts/2_get_accuracy.py`` scores it.
-
-    An unreadable verdict (invalid result) becomes ``'A' if random.random() < 0.5 else 'B'``, drawn
-    from ``random.seed(123)`` in file order, one draw per unreadable item only; every other verdict
-    is right when it names the better output (a tie is wrong). Pass verdicts in file order.
-    """
-    rng = random.Random(seed)
-    out = np.zeros(len(verdicts))
-    for i, (v, c) in enumerate(zip(verdicts, chosen)):
-        if v is None:
-            v = "a" if rng.random() < 0.5 else "b"
-        out[i] = 1.0 if v == c else 0.0
-    return out
-
-
-def rewardbench_sections(subset_accuracy: dict[str, float], example_counts: dict[str, int],
-                         sections: dict[str, Sequence[str]]) -> dict[str, float | None]:
-    """RewardBench's ``calculate_scores_per_section``: per section, the mean of its subsets'
-    accuracies weighted by ``example_counts`` (subsets absent from the run are left out; a section
-    with none present is None, where the original returns 0)."""
-    out: dict[str, float | None] = {}
-    for section, subsets in sections.items():
-        present = [s for s in subsets if s in subset_accuracy]
-        total = sum(example_counts[s] for s in present)
-        out[section] = sum(subset_accuracy[s] * example_counts[s] for s in present) / total if total else None
-    return out

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from mmrm.eval import metrics as M
+from mmrm.eval import official as O
 from mmrm.eval.loaders import REWARDBENCH_EXAMPLE_COUNTS, REWARDBENCH_SECTIONS
 
 __all__ = ["build_report", "headline_rows", "write_report"]
@@ -143,59 +144,58 @@ def build_report(
     rewards_r = [r["reward_b"] if r["chosen"] == "a" else r["reward_a"] for r in orig if r.get("reward_a") is not None]
     rep["scores"] = {"reward_chosen": rewards_c, "reward_rejected": rewards_r, "p_chosen": p_chosen}
     rep["metrics"] = m
-    rep["official"] = _official(bench, orig, correct, verdicts, chosen, cats, groups)
+    rep["official"] = _official(bench, orig, verdicts, chosen, cats, groups, kind)
     return _json_safe(rep)
 
 
-def _official(bench: str, orig: list[dict[str, Any]], correct: np.ndarray, verdicts: list[Any],
-              chosen: list[str], cats: list[str], groups: list[Any]) -> dict[str, Any]:
-    """The numbers each benchmark's own scoring script reports."""
-    per = M.per_category(correct, cats)
+def _judgements(r: dict[str, Any]) -> list[Any]:
+    """A result's judgements as MMRB2's script counts them: one per presentation order a judge
+    answered in (its per-order verdicts, in the frame of the pair as shown), else the verdict for
+    both orders (an order-blind scorer answers both alike); none for an invalid result."""
+    if r["verdict"] is None:
+        return []
+    per_order = (((r.get("result") or {}).get("details") or {}).get("per_order")) or []
+    got = [{"A": "a", "B": "b"}.get(str(o.get("verdict")), "tie") for o in per_order if o.get("verdict") is not None]
+    return got or [r["verdict"], r["verdict"]]
+
+
+def _official(bench: str, orig: list[dict[str, Any]], verdicts: list[Any], chosen: list[str], cats: list[str],
+              groups: list[Any], kind: str) -> dict[str, Any]:
+    """The numbers each benchmark's own scoring script reports (definitions: :mod:`mmrm.eval.official`),
+    with mmrm's strict accuracy beside them under its own name."""
+    out: dict[str, Any] = {"script": O.OFFICIAL_SOURCES.get(bench, "generic: pooled accuracy (a tie or invalid is wrong)"),
+                           "strict": O.strict(verdicts, chosen, cats)}
     if bench == "vl-rewardbench":
-        present = [c for c in VLRB_CATEGORIES if c in per]
-        return {
-            "script": "VL-RewardBench cal.py: overall = pooled accuracy; macro = mean of general, hallucination, reasoning",
-            "overall_accuracy": M.accuracy(correct),
-            "macro_accuracy": float(np.mean([per[c][1] for c in present])) if present else None,
-            "categories": {c: {"n": per[c][0], "accuracy": per[c][1]} for c in present},
-        }
-    if bench == "mm-rlhf-rewardbench":
-        out: dict[str, Any] = {
-            "script": "MM-RLHF-RewardBench get_acc.py: Acc = reward(chosen) > reward(rejected) (tie wrong); "
-                      "Acc+ = share of ids whose pairs are all right",
-            "accuracy": M.accuracy(correct), "acc_plus": M.acc_plus(correct, groups), "categories": {}}
-        cat_arr = np.asarray(cats)
-        for c in per:
-            mask = cat_arr == c
-            out["categories"][c] = {"n": per[c][0], "accuracy": per[c][1],
-                                    "acc_plus": M.acc_plus(correct[mask], [g for g, k in zip(groups, mask) if k])}
-        return out
-    if bench == "multimodal-rewardbench":
-        official = M.official_coin_flip(verdicts, chosen, seed=123)
-        inv = np.array([v is None for v in verdicts], dtype=float)
-        cat_arr = np.asarray(cats)
-        return {
-            "script": "Multimodal RewardBench scripts/2_get_accuracy.py: an unreadable verdict becomes a seeded coin "
-                      "flip (random.seed(123), file order); strict counts it wrong",
-            "official_accuracy": M.accuracy(official),
-            "strict_accuracy": M.accuracy(correct),
-            "invalid_rate": float(inv.mean()),
-            "categories": {c: {"n": per[c][0], "official_accuracy": float(official[cat_arr == c].mean()),
-                               "strict_accuracy": per[c][1], "invalid_rate": float(inv[cat_arr == c].mean())} for c in per},
-        }
-    if bench == "rewardbench":
-        subsets = [r.get("subset") or "?" for r in orig]
-        sub_acc = {s: a for s, (_, a) in M.per_category(correct, subsets).items()}
-        sections = M.rewardbench_sections(sub_acc, REWARDBENCH_EXAMPLE_COUNTS, REWARDBENCH_SECTIONS)
-        present = [v for v in sections.values() if v is not None]
-        return {
-            "script": "RewardBench calculate_scores_per_section: subset accuracies weighted by EXAMPLE_COUNTS per "
-                      "section; score = mean of the four sections",
-            "subsets": sub_acc, "sections": sections,
-            "score": float(np.mean(present)) if len(present) == len(sections) else None,
-            "score_note": None if len(present) == len(sections) else "not every section is present; no overall score",
-        }
-    return {"script": "generic: pooled accuracy (tie wrong)", "accuracy": M.accuracy(correct)}
+        out.update(O.vl_rewardbench(verdicts, chosen, cats, dedupe=[r["pair_key"].split("~")[0] for r in orig]))
+    elif bench == "mm-rlhf-rewardbench":
+        out.update(O.mm_rlhf_rewardbench(verdicts, chosen, cats, [g if g is not None else r["pair_key"]
+                                                                  for g, r in zip(groups, orig)]))
+    elif bench == "multimodal-rewardbench":
+        out.update(O.multimodal_rewardbench(verdicts, chosen, cats))
+    elif bench == "rewardbench":
+        out.update(O.rewardbench(verdicts, chosen, [r.get("subset") or "?" for r in orig], kind,
+                                 REWARDBENCH_EXAMPLE_COUNTS, REWARDBENCH_SECTIONS))
+    elif bench == "mmrb2":
+        out.update(O.mmrb2([_judgements(r) for r in orig], chosen, cats))
+    elif bench == "mj-bench":
+        out.update(O.mj_bench(verdicts, chosen, cats, [r.get("subset") for r in orig]))
+    else:
+        out["accuracy"] = out["strict"]["accuracy"]
+    return out
+
+
+#: (label, key in the official dict) of each benchmark's official headline numbers.
+_OFFICIAL_HEADLINES: dict[str, list[tuple[str, str]]] = {
+    "vl-rewardbench": [("official overall accuracy (cal.py: unparsed pairs leave the denominator)", "overall_accuracy"),
+                       ("official macro accuracy (cal.py: mean of the three categories)", "macro_accuracy")],
+    "mm-rlhf-rewardbench": [("official Acc (reward(chosen) > reward(rejected))", "accuracy"),
+                            ("official Acc+ (every pair of an id right)", "acc_plus")],
+    "multimodal-rewardbench": [("official accuracy (no winner named: seeded coin)", "accuracy")],
+    "rewardbench": [("official RewardBench score (mean of the four sections)", "score")],
+    "mmrb2": [("official accuracy (both orders; missing judgements leave the denominator)", "accuracy")],
+    "mj-bench": [("official accuracy without ties (ties leave the denominator)", "accuracy_without_ties"),
+                 ("official accuracy with ties (ties count wrong)", "accuracy_with_ties")],
+}
 
 
 def _json_safe(x: Any) -> Any:
@@ -227,18 +227,14 @@ def _ci(ci: Any) -> str:
 def headline_rows(rep: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(metric, value, 95% interval) rows for the console table and the report."""
     m, o = rep["metrics"], rep["official"]
-    rows = [("accuracy (pooled, tie = wrong)", _f(m["accuracy"]["value"]), _ci(m["accuracy"]["ci"]))]
-    if m.get("macro_accuracy"):
-        rows.append(("macro accuracy (mean over categories)", _f(m["macro_accuracy"]["value"]), _ci(m["macro_accuracy"]["ci"])))
-    if m.get("acc_plus"):
-        rows.append(("Acc+ (all pairs of a prompt group right)", _f(m["acc_plus"]["value"]), _ci(m["acc_plus"]["ci"])))
-    if rep["benchmark"] == "multimodal-rewardbench":
-        rows.append(("official accuracy (coin flip for unreadable)", _f(o["official_accuracy"]), ""))
-        rows.append(("strict accuracy (unreadable = wrong)", _f(o["strict_accuracy"]), ""))
+    rows = [(label, _f(o.get(k)), "") for label, k in _OFFICIAL_HEADLINES.get(rep["benchmark"], [])]
     if rep["benchmark"] == "rewardbench":
-        for s, v in o["sections"].items():
-            rows.append((f"RewardBench {s} (example-weighted)", _f(v), ""))
-        rows.append(("RewardBench score (mean of sections)", _f(o["score"]), ""))
+        rows += [(f"official RewardBench {s} (example-weighted; empty = 0)", _f(v), "") for s, v in o["sections"].items()]
+    rows.append(("strict accuracy (pooled; a tie or invalid result is wrong)", _f(m["accuracy"]["value"]), _ci(m["accuracy"]["ci"])))
+    if m.get("macro_accuracy"):
+        rows.append(("strict macro accuracy (mean over categories)", _f(m["macro_accuracy"]["value"]), _ci(m["macro_accuracy"]["ci"])))
+    if m.get("acc_plus"):
+        rows.append(("strict Acc+ (all pairs of a prompt group right)", _f(m["acc_plus"]["value"]), _ci(m["acc_plus"]["ci"])))
     rows.append(("invalid rate", _f(m["invalid_rate"]), ""))
     rows.append(("tie rate", _f(m["tie_rate"]), ""))
     if m.get("swap_consistency") is not None:

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 from mmrm.eval import metrics as M
+from mmrm.eval import official as O
 from mmrm.eval.loaders import REWARDBENCH_EXAMPLE_COUNTS, REWARDBENCH_SECTIONS
 from mmrm.eval.report import build_report
 
@@ -132,7 +133,7 @@ def test_official_coin_flip_reproduces_the_multimodal_rewardbench_script() -> No
     labels = [rng.choice("AB") for _ in range(200)]
     outs = [rng.choice(["[[A]]", "[[B]]", "no verdict"]) for _ in range(200)]
     verdicts = [{"[[A]]": "a", "[[B]]": "b"}.get(o) for o in outs]
-    ours = M.official_coin_flip(verdicts, [label.lower() for label in labels])
+    ours = O.official_coin_flip(verdicts, [label.lower() for label in labels])
     assert M.accuracy(ours) == pytest.approx(_official_mmrb_script(outs, labels))
     strict = M.correct_of(verdicts, [label.lower() for label in labels])
     assert M.accuracy(strict) <= M.accuracy(ours)
@@ -142,11 +143,12 @@ def test_rewardbench_section_weighting_by_hand() -> None:
     acc = {s: 0.0 for subs in REWARDBENCH_SECTIONS.values() for s in subs}
     acc["math-prm"] = 1.0  # 984 of Reasoning's 984 + 6 * 164 = 1968
     acc["alpacaeval-easy"] = 1.0  # 100 of Chat's 100 + 95 + 95 + 28 + 40 = 358
-    sec = M.rewardbench_sections(acc, REWARDBENCH_EXAMPLE_COUNTS, REWARDBENCH_SECTIONS)
+    sec = O.rewardbench_sections(acc, REWARDBENCH_EXAMPLE_COUNTS, REWARDBENCH_SECTIONS)
     assert sec["Reasoning"] == pytest.approx(0.5)
     assert sec["Chat"] == pytest.approx(100 / 358)
     assert sec["Safety"] == 0.0
-    assert M.rewardbench_sections({"mt-bench-hard": 1.0}, REWARDBENCH_EXAMPLE_COUNTS, REWARDBENCH_SECTIONS)["Chat"] is None
+    # a section with no subset present is 0, as RewardBench's calculate_scores_per_section returns it
+    assert O.rewardbench_sections({"mt-bench-hard": 1.0}, REWARDBENCH_EXAMPLE_COUNTS, REWARDBENCH_SECTIONS)["Chat"] == 0
 
 
 def _rec(i: int, *, verdict: str | None, chosen: str = "a", category: str = "c", group: str | None = None,
@@ -178,9 +180,9 @@ def test_report_official_numbers_per_benchmark() -> None:
     mmrb = [_rec(i, verdict=v, chosen=c, p=0.9 if v == "a" else 0.1, benchmark="multimodal-rewardbench")
             for i, (v, c) in enumerate([("a", "a"), (None, "a"), (None, "b"), ("b", "a")])]
     o = build_report(mmrb, n_resamples=50)["official"]
-    assert o["strict_accuracy"] == pytest.approx(0.25) and o["invalid_rate"] == pytest.approx(0.5)
-    expected = M.accuracy(M.official_coin_flip(["a", None, None, "b"], ["a", "a", "b", "a"]))
-    assert o["official_accuracy"] == pytest.approx(expected)
+    assert o["strict"]["accuracy"] == pytest.approx(0.25) and o["no_winner"] == 2
+    expected = M.accuracy(O.official_coin_flip(["a", None, None, "b"], ["a", "a", "b", "a"]))
+    assert o["accuracy"] == pytest.approx(expected)
     # RewardBench: subset accuracies weighted into sections
     rb = [_rec(i, verdict="a", p=0.9, subset=s, benchmark="rewardbench") for i, s in
           enumerate(s for subs in REWARDBENCH_SECTIONS.values() for s in subs)]
