@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from mmrm.rm.errors import BackendError, InvalidInput, MmrmError, Overloaded, UnsupportedInput
 from mmrm.rm.scorer import Scorer
 from mmrm.rl.shaping import Shaped, Shaping, ShapingLog, apply_shaping
-from mmrm.rm.types import Message, Provenance, Sample, ScoreResult, as_response
+from mmrm.rm.types import Group, Message, Provenance, Sample, ScoreResult, as_response
 
 if TYPE_CHECKING:  # the options' module is light, but RewardFn.remote needs none of it
     from mmrm.rm.options import ScoringOptions
@@ -501,6 +501,24 @@ class RewardFn:
         scored = await loop.run_in_executor(self._pool, self._score, [samples[i] for i in ok], [refs[i] for i in ok])
         return self._finish(samples, refs, early, ok, scored, groups)
 
+    async def arank_inputs(self, prompts: Sequence[Any], completions: Sequence[Any], *, groups: Sequence[Hashable],
+                           images: Sequence[Any] | None = None,
+                           references: Sequence[Any] | None = None) -> RewardBatch:
+        """See :meth:`ascore_inputs`, with the samples of each group id scored as ONE group through
+        ``scorer.rank`` (``/v1/rank`` on a service: a GRPO group's shared prompt and images are encoded
+        once). The rewards are the raw values, as :meth:`ascore_inputs` gives them (the group-normalized
+        ones are the trainer's business, or ``shaping.group_normalize``'s). Samples whose group id is
+        ``None``, and groups whose prompts differ, go through ``scorer.score``; so the same samples give
+        the same rewards either way (within float rounding)."""
+        samples, refs, early = self._convert(prompts, completions, images, references)
+        if len(groups) != len(samples):
+            raise ValueError(f"groups has {len(groups)} entries for {len(samples)} completions; give one per completion")
+        ok = [i for i, s in enumerate(samples) if s is not None]
+        loop = asyncio.get_running_loop()
+        scored = await loop.run_in_executor(self._pool, self._rank_or_score, [samples[i] for i in ok],
+                                            [refs[i] for i in ok], [groups[i] for i in ok])
+        return self._finish(samples, refs, early, ok, scored, groups)
+
     def reward_batch(self, samples: Sequence[Sample | Mapping[str, Any]], *, references: Sequence[Any] | None = None,
                      groups: Sequence[Hashable] | None = None) -> RewardBatch:
         """The :class:`RewardBatch` of :class:`~mmrm.rm.types.Sample` objects (or dicts of that shape)."""
@@ -529,6 +547,43 @@ class RewardFn:
             log.warning("mmrm reward %s: a scoring call of %d items failed: %s", self.name, len(samples), e)
             prov = self._provenance()
             return [ScoreResult.failed(e, prov) for _ in samples]
+
+    def _rank_or_score(self, samples: list[Sample], refs: list[Any], gids: list[Hashable]) -> list[ScoreResult]:
+        """``scorer.rank`` for the groups (same id, same prompt), ``scorer.score`` for the rest, results
+        in input order; a transient failure fails each item with that reason (as :meth:`_score`)."""
+        members: dict[Hashable, list[int]] = {}
+        for i, g in enumerate(gids):
+            if g is not None:
+                members.setdefault(g, []).append(i)
+        ranked = [idx for idx in members.values() if all(samples[j].prompt == samples[idx[0]].prompt for j in idx)]
+        in_group = {j for idx in ranked for j in idx}
+        rest = [i for i in range(len(samples)) if i not in in_group]
+        out: list[ScoreResult | None] = [None] * len(samples)
+        try:
+            with self._turns:
+                if ranked:
+                    batch = [Group(prompt=samples[idx[0]].prompt, responses=[samples[j].response for j in idx])
+                             for idx in ranked]
+                    grefs = [refs[idx[0]] for idx in ranked]
+                    res = self.scorer.rank(batch, references=grefs if any(r is not None for r in grefs) else None)
+                    for idx, g in zip(ranked, res):
+                        if len(g.results) != len(idx):
+                            raise MmrmError(f"the scorer ranked {len(g.results)} responses of a group of {len(idx)}")
+                        for j, r in zip(idx, g.results):
+                            out[j] = r
+                if rest:
+                    rrefs = [refs[i] for i in rest]
+                    res = list(self.scorer.score([samples[i] for i in rest],
+                                                 references=rrefs if any(r is not None for r in rrefs) else None))
+                    for i, r in zip(rest, res):
+                        out[i] = r
+        except MmrmError as e:
+            if not _transient(e):
+                raise
+            log.warning("mmrm reward %s: a ranking call of %d items failed: %s", self.name, len(samples), e)
+            prov = self._provenance()
+            return [ScoreResult.failed(e, prov) for _ in samples]
+        return out  # type: ignore[return-value]
 
     def _provenance(self) -> Provenance:
         try:

@@ -73,6 +73,7 @@ __all__ = [
     "compute_score_async",
     "compute_score_batch",
     "extra_info",
+    "from_reward_kwargs",
 ]
 
 log = logging.getLogger("mmrm.reward")
@@ -140,12 +141,15 @@ class VerlReward:
         return {"prompts": prompts, "completions": list(solution_strs), "images": images,
                 "references": list(ground_truths)}
 
-    def _outputs(self, batch: RewardBatch, prompts: Sequence[Any]) -> list[Any]:
-        out: list[Any] = []
+    def settle(self, batch: RewardBatch, prompts: Sequence[Any] | None = None) -> list[tuple[float, float]]:
+        """``(score, invalid flag)`` per sample under this policy: a failed sample raises
+        :class:`~mmrm.rl.reward_fn.RewardUnavailable` (``on_invalid="raise"``) or gets the fallback,
+        logged and counted, with flag 1.0 (``"fallback"``)."""
+        out: list[tuple[float, float]] = []
         for i, r in enumerate(batch.rewards):
             if r is None:
                 reason = batch.errors[i] or "no reward"
-                if prompts[i] is None:
+                if prompts is not None and prompts[i] is None:
                     reason = (f"invalid_input: extra_info has no {PROMPT_KEY!r} (nor 'question'): verl passes the "
                               "response only, so the prompt must ride in extra_info (see mmrm.rl.verl.extra_info)")
                 if self.on_invalid == "raise":
@@ -155,11 +159,14 @@ class VerlReward:
                 self.reward.stats.add_fallback(kind)
                 log.warning("mmrm reward %s: sample %d gets the fallback %s (%s); %d fallbacks so far",
                             self.reward.name, i, self.fallback, reason, self.reward.stats.fallbacks)
-                score, bad = self.fallback, 1.0
+                out.append((self.fallback, 1.0))  # type: ignore[arg-type]
             else:
-                score, bad = r, 0.0
-            out.append({"score": score, "mmrm_invalid": bad} if self.return_dict else score)
+                out.append((r, 0.0))
         return out
+
+    def _outputs(self, batch: RewardBatch, prompts: Sequence[Any]) -> list[Any]:
+        return [{"score": score, "mmrm_invalid": bad} if self.return_dict else score
+                for score, bad in self.settle(batch, prompts)]
 
     # ---- verl's three call shapes
     def compute_score(self, data_source: Any = None, solution_str: str = "", ground_truth: Any = None,
@@ -191,7 +198,10 @@ _CACHE: dict[tuple[Any, ...], VerlReward] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def _configured(kw: dict[str, Any]) -> VerlReward:
+def from_reward_kwargs(kw: dict[str, Any]) -> VerlReward:
+    """The :class:`VerlReward` that ``mmrm_*`` keys of verl's ``reward_kwargs`` describe (one per
+    distinct setting in a process, so a worker's calls share one client); the keys are removed from
+    ``kw``. Unknown ``mmrm_*`` keys raise, naming the known ones."""
     opts = {k: kw.pop(k) for k in list(kw) if k.startswith("mmrm_")}
     key = tuple(sorted((k, repr(v)) for k, v in opts.items()))
     with _CACHE_LOCK:
@@ -219,16 +229,16 @@ def _configured(kw: dict[str, Any]) -> VerlReward:
 def compute_score(data_source: Any = None, solution_str: str = "", ground_truth: Any = None,
                   extra_info: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
     """verl ``compute_score`` configured by ``reward_kwargs`` (``mmrm_url``, ``mmrm_model``, ...)."""
-    return _configured(kwargs).compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs)
+    return from_reward_kwargs(kwargs).compute_score(data_source, solution_str, ground_truth, extra_info, **kwargs)
 
 
 async def compute_score_async(data_source: Any = None, solution_str: str = "", ground_truth: Any = None,
                               extra_info: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
     """The async variant of :func:`compute_score` (verl awaits ``async def`` reward functions)."""
-    return await _configured(kwargs).compute_score_async(data_source, solution_str, ground_truth, extra_info, **kwargs)
+    return await from_reward_kwargs(kwargs).compute_score_async(data_source, solution_str, ground_truth, extra_info, **kwargs)
 
 
 def compute_score_batch(data_sources: Sequence[Any] = (), solution_strs: Sequence[str] = (),
                         ground_truths: Sequence[Any] = (), extra_infos: Sequence[Any] = (), **kwargs: Any) -> list[Any]:
     """For ``reward_model.reward_manager=batch``: lists in, a list out."""
-    return _configured(kwargs).compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos, **kwargs)
+    return from_reward_kwargs(kwargs).compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos, **kwargs)

@@ -22,6 +22,10 @@ if [ "${1:-}" = "--dev" ]; then
   # (vLLM, DeepSpeed, ...), in a folder of its own: both wheels also ship top-level `tests` and
   # `scripts` packages, which must not land in the venv's site-packages.
   .venv/bin/python -m pip install -q --no-deps --upgrade --target .venv/rl-clients openrlhf==0.11.2 verl==0.9.1
+  # What verl 0.9.1's DataProto and reward loop import beyond this venv (tests/test_verl_manager.py
+  # checks they work beside the project's torch and transformers), in the same folder.
+  .venv/bin/python -m pip install -q --no-deps --upgrade --target .venv/rl-clients tensordict==0.10.0 pyvers==0.1.0 \
+    omegaconf==2.3.0 antlr4-python3-runtime==4.9.3 orjson==3.13.0 codetiming==1.4.0
   if [ -f tests/vllm_server.py ]; then
     .venv/bin/python tests/vllm_server.py install
   fi
