@@ -18,6 +18,13 @@ seed (``seed + attempt``) at ``retry_temperature``; then the item is ``invalid``
 
 Labels must be single tokens after the prefill for the model's tokenizer (checked on first use
 through the backend; a scale of 1..10 usually fails because "10" is two tokens).
+
+A judge built on a :class:`~mmrm.judges.presets.Preset` (a published generative reward model:
+R1-Reward, UnifiedReward, LLaVA-Critic, or a user's YAML) instead uses the preset's own prompt and
+answer format, thinks first where the preset reasons, and reads the verdict as
+:mod:`mmrm.judges.reasoning` describes (its labels are checked when the judge is built).
+
+:meth:`Judge.rank` ranks a group by ``JudgeOptions.rank_strategy`` (:mod:`mmrm.judges.ranking`).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,9 +41,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from mmrm.judges import prompts
 from mmrm.judges.backends.base import GenRequest, JudgeBackend, LabelRequest
 from mmrm.judges.parsing import ANSWER_OPEN, AnswerError, AnswerSchema, parse_slot
-from mmrm.judges.rubrics import Rubric, checklist_score, combine, load_rubric, scale_normalized
+from mmrm.judges.presets import Preset, is_preset_file, list_presets, load_preset
+from mmrm.judges.reasoning import PresetRunner, Query, build_query
+from mmrm.judges.rubrics import Rubric, checklist_score, combine, list_rubrics, load_rubric, scale_normalized
 from mmrm.judges.scoring import PAIR_LABELS, debias_pair, expected_value, one_hot, renormalize
-from mmrm.rm.errors import ERROR_KINDS, ErrorKind
+from mmrm.rm.errors import ERROR_KINDS, ConfigError, ErrorKind
 from mmrm.rm.scorer import GroupResult, rank_pointwise
 from mmrm.rm.types import Group, Message, Pair, Provenance, ResponseLike, Sample, ScoreResult, as_response
 
@@ -57,8 +67,23 @@ class JudgeOptions(BaseModel):
     max_retries: int = Field(default=2, ge=0, le=10, description="Retries of unreadable output before the item is invalid.")
     max_answer_tokens: int = Field(default=16, ge=4, le=4096, description="Token cap of an answer-slot reply.")
     max_json_tokens: int = Field(default=128, ge=8, le=8192, description="Token cap of a JSON reply.")
+    # Parameters of reasoning presets (mmrm.judges.presets; ignored by rubric judges).
+    reasoning_tokens: int = Field(default=1024, ge=1, le=32768, description="Token budget of the reasoning a preset's judge writes "
+                                  "before its verdict (generation stops at the answer tag); text path: of the whole reply.")
+    samples: int = Field(default=1, ge=1, le=64, description="Self-consistency: judgments sampled per query (seeds seed..seed+k-1), "
+                         "aggregated as the mean probability and the vote.")
+    sample_temperature: float = Field(default=1.0, gt=0.0, le=2.0, description="Temperature of the samples when samples > 1.")
+    preset_fallback: str | None = Field(default=None, description="Name of the preset's parse-failure fallback to apply "
+                                        "(the authors' behaviour); None: an unparseable reply is invalid.")
+    max_reasoning_chars: int = Field(default=2000, ge=0, le=100_000, description="Longest reasoning text kept in details (its tail).")
+    # Parameters of ranking a group (rank()).
+    rank_strategy: Literal["pointwise", "anchor", "bradley_terry", "knockout"] = Field(
+        default="pointwise", description="pointwise scores; anchor: each response against the group's reference (else "
+        "response `anchor`); bradley_terry: all pairs both orders, fitted strengths; knockout: a single-elimination bracket.")
+    anchor: int = Field(default=0, ge=0, description="The anchor response of a group under rank_strategy='anchor' without a reference.")
     # Parameters that bound cost.
-    max_queries: int | None = Field(default=None, ge=1, description="Most backend queries per score()/compare() call, retries included.")
+    max_queries: int | None = Field(default=None, ge=1, description="Most backend queries per score()/compare()/rank() call, "
+                                    "retries included (rank: a request above it is refused with its count).")
     name: str | None = Field(default=None, description="Scorer id in provenance (default: rubric@model).")
 
 
@@ -85,6 +110,21 @@ def _ref(value: ResponseLike | None) -> Message | None:
     return None if value is None else as_response(value)
 
 
+def load_spec(ref: "Rubric | Preset | str | Path") -> "Rubric | Preset":
+    """A rubric or a preset: shipped by name (rubrics first), or a user's YAML/JSON file (``kind: preset``
+    marks a preset file)."""
+    if isinstance(ref, (Rubric, Preset)):
+        return ref
+    p = Path(ref)
+    if p.suffix:
+        return load_preset(p) if is_preset_file(p) else load_rubric(p)
+    if str(ref) in list_rubrics():
+        return load_rubric(str(ref))
+    if str(ref) in list_presets():
+        return load_preset(str(ref))
+    raise ConfigError(f"no shipped rubric or preset named {ref!r}", field="rubric", limit=list_rubrics() + list_presets())
+
+
 class Judge:
     """A generative judge: pointwise (scale), checklist, pairwise (both orders), reference-guided.
 
@@ -97,11 +137,21 @@ class Judge:
         >>> judge.score([Sample(prompt="Hi", response="Hello!")])[0].value  # doctest: +SKIP
     """
 
-    def __init__(self, rubric: Rubric | str, backend: JudgeBackend, config: JudgeOptions | None = None) -> None:
-        self.rubric = rubric if isinstance(rubric, Rubric) else load_rubric(rubric)
+    def __init__(self, rubric: Rubric | Preset | str | Path, backend: JudgeBackend, config: JudgeOptions | None = None) -> None:
+        spec = load_spec(rubric)
         self.backend = backend
         self.config = config or JudgeOptions()
-        self.method: Literal["logprobs", "json", "text"] = self._resolve_method()
+        self.preset: Preset | None = spec if isinstance(spec, Preset) else None
+        self.runner: PresetRunner | None = None
+        if self.preset is not None:
+            self.runner = PresetRunner(self.preset, backend, self.config)
+            self.runner.check_labels()  # at start-up: a preset whose labels are not single tokens is refused here
+            self.rubric: Rubric = None  # type: ignore[assignment]  # a preset judge has no rubric
+            self.method: Literal["logprobs", "json", "text"] = "logprobs" if self.runner.path == "probability" else "text"
+        else:
+            assert isinstance(spec, Rubric)
+            self.rubric = spec
+            self.method = self._resolve_method()
         self._checked: set[tuple[str, ...]] = set()
         self.fingerprint = self._fingerprint()
 
@@ -124,7 +174,8 @@ class Judge:
     def _fingerprint(self) -> str:
         blob = json.dumps(
             {
-                "rubric": self.rubric.fingerprint(),
+                "rubric": self.rubric.fingerprint() if self.preset is None else None,
+                "preset": self.preset.fingerprint() if self.preset is not None else None,
                 "backend": self.backend.config_fingerprint(),
                 "prompt_template": prompts.PROMPT_TEMPLATE_VERSION,
                 "config": self.config.model_dump(mode="json", exclude={"name", "max_queries"}),
@@ -136,10 +187,15 @@ class Judge:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @property
+    def spec_name(self) -> str:
+        """The name of the judge's rubric or preset."""
+        return self.preset.name if self.preset is not None else self.rubric.name
+
+    @property
     def provenance(self) -> Provenance:
 
         return Provenance(
-            scorer=self.config.name or f"{self.rubric.name}@{self.backend.scorer_id}",
+            scorer=self.config.name or f"{self.spec_name}@{self.backend.scorer_id}",
             kind="judge",
             fingerprint=self.fingerprint,
             engine=self.backend.engine,
@@ -151,6 +207,8 @@ class Judge:
 
     def score(self, samples: Sequence[Sample], *, references: Sequence[ResponseLike | None] | None = None) -> list[ScoreResult]:
         """Pointwise/checklist scores in [0, 1], one result per sample (failed items are ``invalid``)."""
+        if self.preset is not None:
+            return self._preset_score(samples, references)
         refs = self._refs(len(samples), references)
         units: list[_Unit] = []
         early: dict[int, ScoreResult] = {}
@@ -167,13 +225,20 @@ class Judge:
 
     def rank(self, groups: Sequence[Group], *, references: Sequence[ResponseLike | None] | None = None,
              eps: float = 1e-6) -> list[GroupResult]:
-        """A pointwise score per response of every group (one batched call), normalized per group
-        like reward groups (:class:`~mmrm.rm.scorer.GroupResult`); ``references``: one per group.
-        An invalid response is left out of its group's normalization."""
-        return rank_pointwise(self.score, groups, references=references, eps=eps)
+        """Rank each group's responses by ``JudgeOptions.rank_strategy`` (:mod:`mmrm.judges.ranking`),
+        normalized per group like reward groups (:class:`~mmrm.rm.scorer.GroupResult`); ``references``:
+        one per group. ``pointwise`` (the default) scores every response in one batched call; an
+        invalid response is left out of its group's normalization."""
+        if self.config.rank_strategy == "pointwise":
+            return rank_pointwise(self.score, groups, references=references, eps=eps)
+        from mmrm.judges.ranking import rank_pairwise
+
+        return rank_pairwise(self, groups, references=references, eps=eps)
 
     def compare(self, pairs: Sequence[Pair], *, references: Sequence[ResponseLike | None] | None = None) -> list[ScoreResult]:
         """Pairwise, both orders: value = debiased P(A>B) (see :mod:`mmrm.judges.scoring`)."""
+        if self.preset is not None:
+            return self._preset_compare(pairs, references)
         refs = self._refs(len(pairs), references)
         units: list[_Unit] = []
         early: dict[int, ScoreResult] = {}
@@ -190,6 +255,85 @@ class Judge:
         for u in units:
             by_item.setdefault(u.item, {})[u.key] = u
         return [early[i] if i in early else self._finish_pair(by_item[i]) for i in range(len(pairs))]
+
+    # ----------------------------------------------------------------------------------------------
+    # Preset judges (mmrm.judges.reasoning)
+
+    def backend_calls(self, n_pairs: int = 0, n_samples: int = 0) -> int:
+        """Backend calls (first attempts) that judging ``n_pairs`` pairs (both orders) and ``n_samples``
+        samples costs: what :meth:`rank` states and checks against ``max_queries``."""
+        if self.runner is not None:
+            return self.runner.calls_for(2 * n_pairs + n_samples)
+        assert self.rubric is not None
+        per_sample = sum(1 if d.scale is not None or self.method == "json" else len(d.items or []) for d in self.rubric.dimensions)
+        return 2 * n_pairs + per_sample * n_samples
+
+    def _preset_mode(self, want: str, refs: Sequence[ResponseLike | None] | None) -> PresetRunner:
+        assert self.preset is not None and self.runner is not None
+        if self.preset.mode != want:
+            use = "compare()" if self.preset.mode == "pairwise" else "score()"
+            raise ConfigError(f"preset {self.preset.name!r} is {self.preset.mode}; use {use}", field="preset", limit=self.preset.mode)
+        if refs is not None and any(r is not None for r in refs):
+            raise ConfigError(f"preset {self.preset.name!r} takes no reference answers", field="references")
+        return self.runner
+
+    def _preset_details(self) -> dict[str, Any]:
+        assert self.runner is not None and self.preset is not None
+        d: dict[str, Any] = {"method": self.method, "preset": self.preset.name, "path": self.runner.path,
+                             "probability": self.runner.path == "probability", "samples": self.config.samples}
+        if self.runner.path == "text":
+            why = ("the preset has no single-token answer slot" if self.preset.slot is None else
+                   "the backend cannot continue a prefilled turn with logprobs" if self.config.method != "text" else "method='text'")
+            d["probability_note"] = f"verdict parsed from the reply text ({why}); no probability is claimed"
+        return d
+
+    def _preset_invalid(self, agg: dict[str, Any], key: str, extra: dict[str, Any]) -> ScoreResult:
+        kind, reason = agg["error"]
+        return self._invalid(kind or "invalid_output", f"{key}: {reason}", {**self._preset_details(), **extra})
+
+    def _preset_score(self, samples: Sequence[Sample], references: Sequence[ResponseLike | None] | None) -> list[ScoreResult]:
+        runner = self._preset_mode("pointwise", references)
+        assert self.preset is not None
+        queries = [Query(i, "score", build_query(self.preset, list(s.prompt), [s.response])) for i, s in enumerate(samples)]
+        runner.run(queries, self.config.max_queries)
+        out = []
+        for q in queries:
+            agg = runner.aggregate(q)
+            if "error" in agg:
+                out.append(self._preset_invalid(agg, "score", {"samples_detail": agg["samples"]}))
+                continue
+            value, extra = runner.point_value(agg)
+            details = {**self._preset_details(), **extra, "agreement": agg["agreement"], "samples_detail": agg["samples"]}
+            out.append(ScoreResult(value=value, details=details, provenance=self.provenance))
+        return out
+
+    def _preset_compare(self, pairs: Sequence[Pair], references: Sequence[ResponseLike | None] | None) -> list[ScoreResult]:
+        runner = self._preset_mode("pairwise", references)
+        assert self.preset is not None
+        queries = []
+        for i, p in enumerate(pairs):
+            for key, first, second in (("AB", p.response_a, p.response_b), ("BA", p.response_b, p.response_a)):
+                queries.append(Query(i, key, build_query(self.preset, list(p.prompt), [first, second])))
+        runner.run(queries, self.config.max_queries)
+        out = []
+        for k in range(len(pairs)):
+            ab, ba = runner.aggregate(queries[2 * k]), runner.aggregate(queries[2 * k + 1])
+            orders = {"AB": ab, "BA": ba}
+            bad = [(key, agg) for key, agg in orders.items() if "error" in agg]
+            if bad:
+                out.append(self._preset_invalid(bad[0][1], bad[0][0], {"orders": orders}))
+                continue
+            deb = runner.pair_value(ab, ba)
+            for entry, agg in zip(deb["per_order"], (ab, ba)):  # type: ignore[call-overload]
+                vote = agg["vote"]
+                entry.update(vote={"first": "A", "second": "B", "tie": "tie"}[vote] if entry["order"] == "AB"
+                             else {"first": "B", "second": "A", "tie": "tie"}[vote],
+                             agreement=agg["agreement"], valid_samples=agg["valid_samples"], samples=agg["samples"])
+            p_a = float(deb["prob_a_wins"])  # type: ignore[arg-type]
+            details = {**self._preset_details(), **deb}
+            prob = p_a if runner.path == "probability" else None
+            out.append(ScoreResult(value=p_a, prob_a_wins=prob, details=details, provenance=self.provenance))
+        return out
 
     # ----------------------------------------------------------------------------------------------
     def _refs(self, n: int, references: Sequence[ResponseLike | None] | None) -> list[Message | None]:

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mmrm.judges.presets import ParseRule, ScoreField
 
 ANSWER_OPEN = "<answer>"
 ANSWER_CLOSE = "</answer>"
@@ -145,3 +148,57 @@ class AnswerSchema:
                     raise AnswerError(f"{f.name}={v!r} is not a string label")
                 out[f.name] = match_label(v, f.labels)
         return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Presets: the verdict of a published judge's free-text reply (rules are data, see mmrm.judges.presets)
+
+
+def apply_rule(rule: "ParseRule", reply: str) -> str:
+    """The verdict text that ``rule`` reads from ``reply`` (the judge's own reply only).
+
+    ``rule.after``: only the text after the LAST occurrence of that marker is read (missing -> error).
+    ``rule.occurrence``: ``unique`` needs every match to name the same verdict; ``first`` / ``last``
+    take that match. Raises :class:`AnswerError` with the reason when nothing (or no single verdict)
+    is found.
+    """
+    text = reply
+    if rule.after is not None:
+        at = reply.rfind(rule.after)
+        if at < 0:
+            raise AnswerError(f"reply has no {rule.after!r} (truncated?): {reply[-60:]!r}")
+        text = reply[at + len(rule.after):]
+    found = [m.group("v").strip() for m in rule.regex().finditer(text)]
+    if not found:
+        where = f" after {rule.after!r}" if rule.after else ""
+        raise AnswerError(f"no verdict matching {rule.pattern!r}{where}: {text[-60:]!r}")
+    if rule.occurrence == "first":
+        return found[0]
+    if rule.occurrence == "last":
+        return found[-1]
+    if len(set(found)) > 1:
+        raise AnswerError(f"the reply names different verdicts {sorted(set(found))}")
+    return found[0]
+
+
+def pair_verdict(rule: "ParseRule", reply: str) -> str:
+    """``first``, ``second`` or ``tie``: the side a pairwise reply names, read by ``rule``."""
+    got = apply_rule(rule, reply)
+    assert rule.values is not None
+    if got not in rule.values:
+        raise AnswerError(f"verdict {got[:40]!r} is not one of {sorted(rule.values)}")
+    return rule.values[got]
+
+
+def field_score(field: "ScoreField", reply: str) -> float:
+    """The raw score of one pointwise field, range-checked (``lo..hi``; an integer when required)."""
+    got = apply_rule(field.parse, reply)
+    try:
+        value = float(got)
+    except ValueError:
+        raise AnswerError(f"{field.name}: {got[:40]!r} is not a number") from None
+    if field.integer and not value.is_integer():
+        raise AnswerError(f"{field.name}: {got!r} is not an integer")
+    if not field.lo <= value <= field.hi:
+        raise AnswerError(f"{field.name}: {value:g} is outside {field.lo:g}..{field.hi:g}")
+    return value

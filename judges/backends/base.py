@@ -38,7 +38,8 @@ class LabelReply:
 
 @dataclass(frozen=True)
 class GenRequest:
-    """Generate a reply. ``prefill`` starts the assistant turn; ``schema`` constrains it to JSON."""
+    """Generate a reply. ``prefill`` starts the assistant turn; ``schema`` constrains it to JSON;
+    generation ends at the first of the ``stop`` strings (which the reply's text does not include)."""
 
     messages: list[Message]
     prefill: str = ""
@@ -46,14 +47,20 @@ class GenRequest:
     max_tokens: int = 16
     temperature: float = 0.0
     seed: int = 0
+    stop: tuple[str, ...] = ()
 
 
 @dataclass
 class GenReply:
-    """Generated text (the continuation after any prefill), why it stopped, or an error."""
+    """Generated text (the continuation after any prefill), why it stopped, or an error.
+
+    ``stop``: the stop string that ended generation (not part of ``text``); None when it ended
+    otherwise (end of sequence, the token cap) or the server does not say.
+    """
 
     text: str | None = None
     finish_reason: str | None = None
+    stop: str | None = None
     error: MmrmError | None = None
     usage: dict[str, int] = field(default_factory=dict)
 

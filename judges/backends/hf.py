@@ -7,8 +7,9 @@ conversation -> tensors path; media load through :mod:`mmrm.rm.media` with its l
   requests, left-padded so the verdict position (the last token: the end of the prefill) is the
   same column for every row, with ``logits_to_keep=1``. The softmax is over the full vocabulary,
   so nothing is lost to a top-k limit (``top_k=None``).
-* :meth:`HFJudgeBackend.generate`: one batched ``generate`` per (seed, temperature, max_tokens)
-  group. A request with an :class:`~mmrm.judges.parsing.AnswerSchema` is constrained token by token
+* :meth:`HFJudgeBackend.generate`: one batched ``generate`` per (seed, temperature, max_tokens,
+  stop strings) group; a row ends at its first stop string (transformers' ``stop_strings``), and
+  the reply's text ends before it. A request with an :class:`~mmrm.judges.parsing.AnswerSchema` is constrained token by token
   to the schema's JSON (fixed segments forced, label slots restricted to the labels' tokens, then
   end of sequence): structured output without a grammar library, exact because judge schemas are
   flat enums of single-token labels.
@@ -213,6 +214,8 @@ class HFJudgeBackend:
         if any(p is not None for p in plans):
             processors.append(_TemplateConstraint(plans, width, self.eos_id))
         kwargs: dict[str, Any] = dict(max_new_tokens=r0.max_tokens, pad_token_id=self.encoder.pad_id, eos_token_id=self.eos_id)
+        if r0.stop:
+            kwargs.update(stop_strings=list(r0.stop), tokenizer=self.tokenizer)
         if r0.temperature > 0:
             kwargs.update(do_sample=True, temperature=r0.temperature, top_k=0, top_p=1.0)
         else:
@@ -231,7 +234,11 @@ class HFJudgeBackend:
             if stopped:
                 new = new[: new.index(self.eos_id)]
             text = self.tokenizer.decode([t for t in new if t != self.encoder.pad_id], skip_special_tokens=True)
-            replies.append(GenReply(text=text, finish_reason="stop" if stopped else "length", usage={"completion_tokens": len(new)}))
+            hit = _first_stop(text, r0.stop)
+            if hit is not None:  # the reply ends before its stop string, as on OpenAI-compatible servers
+                text, stopped = text[: text.index(hit)], True
+            replies.append(GenReply(text=text, finish_reason="stop" if stopped else "length", stop=hit,
+                                    usage={"completion_tokens": len(new)}))
         return replies
 
     def generate(self, requests: list[GenRequest]) -> list[GenReply]:
@@ -242,10 +249,10 @@ class HFJudgeBackend:
                 encoded[i] = self._encode(r.messages, r.prefill)
             except Exception as e:  # noqa: BLE001
                 replies[i].error = _as_error(e)
-        groups: dict[tuple[int, float, int], list[int]] = {}
+        groups: dict[tuple[int, float, int, tuple[str, ...]], list[int]] = {}
         for i in encoded:
             r = requests[i]
-            groups.setdefault((r.seed, r.temperature, r.max_tokens), []).append(i)
+            groups.setdefault((r.seed, r.temperature, r.max_tokens, r.stop), []).append(i)
         for idx in groups.values():
             for rows in self._chunks(idx):
                 try:
@@ -259,6 +266,12 @@ class HFJudgeBackend:
                         except Exception as e:  # noqa: BLE001
                             replies[i] = GenReply(error=_as_error(e))
         return replies
+
+
+def _first_stop(text: str, stops: tuple[str, ...]) -> str | None:
+    """The stop string that occurs first in ``text`` (None when none does)."""
+    at = {s: text.find(s) for s in stops if s and s in text}
+    return min(at, key=lambda s: at[s]) if at else None
 
 
 class _TemplateConstraint(LogitsProcessor):

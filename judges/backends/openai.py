@@ -23,6 +23,8 @@ This is how judges use vLLM (out of process, in its own environment). It speaks 
   APIs) there is none, the logprob path reads the FIRST generated token and the text path requires
   the reply to start with ``<answer>``;
 * structured output: ``response_format={"type": "json_schema", ...}``;
+* stop strings: ``stop=[...]``; the string that ended a reply is read from vLLM's ``stop_reason``
+  (servers that do not report it leave :attr:`GenReply.stop` unset);
 * images: every media part is loaded through :class:`mmrm.rm.media.MediaLoader` (its limits and
   allowed sources apply here, not the server's) and sent as a PNG data URI ``image_url`` part.
 """
@@ -102,6 +104,7 @@ class _Choice(BaseModel):
     model_config = ConfigDict(extra="ignore")
     message: _Msg
     finish_reason: str | None = None
+    stop_reason: str | int | None = None  # vLLM: the stop string (or token id) that ended generation
     logprobs: _Logprobs | None = None
 
 
@@ -397,6 +400,8 @@ class OpenAIJudgeBackend:
         def extra(i: int) -> dict[str, Any]:
             r = requests[i]
             e: dict[str, Any] = {"temperature": r.temperature, "seed": r.seed}
+            if r.stop:
+                e["stop"] = list(r.stop)
             if r.schema is not None:
                 e["response_format"] = {"type": "json_schema", "json_schema": {"name": "judge_answer", "schema": r.schema.json_schema(), "strict": True}}
             return e
@@ -407,7 +412,8 @@ class OpenAIJudgeBackend:
         def parse(c: _Completion) -> GenReply:
             ch = c.choices[0]
             usage = {k: int(v) for k, v in (c.usage or {}).items() if isinstance(v, int)}
-            return GenReply(text=ch.message.content or "", finish_reason=ch.finish_reason, usage=usage)
+            stop = ch.stop_reason if isinstance(ch.stop_reason, str) else None
+            return GenReply(text=ch.message.content or "", finish_reason=ch.finish_reason, stop=stop, usage=usage)
 
         return self._run(lambda: self._gather(bodies, parse, lambda e: GenReply(error=e), headers))
 
