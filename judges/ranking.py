@@ -15,7 +15,7 @@ all groups). A call whose count exceeds ``max_queries`` is refused with the coun
 * ``knockout``: a single-elimination bracket in group order ((0, 1), (2, 3), ...; an odd one out gets
   a bye), n - 1 matches in ceil(log2 n) rounds; P(A>B) >= 0.5 sends A on. An invalid match
   eliminates both sides, whose results are invalid with the match's reason (no coin). Value: rounds
-  won / rounds of the bracket (the winner: 1).
+  won (byes included) / rounds of the bracket; the last one standing: 1.
 """
 
 from __future__ import annotations
@@ -196,6 +196,9 @@ def _knockout(judge: "Judge", groups: Sequence[Group], eps: float) -> list[Group
             nxt[gi].append(win)
         # Keep bracket order: survivors sorted by their position in the group.
         alive = [sorted(a) for a in nxt]
+    for gi, a in enumerate(alive):
+        if a:  # the last one standing won the bracket, even when invalid matches ended it early
+            wins[gi][a[0]] = rounds[gi]
     out = []
     for gi, n in enumerate(sizes):
         base = {"strategy": "knockout", "backend_calls": calls, "rounds": rounds[gi], "matches": matches[gi]}
