@@ -80,7 +80,7 @@ def vlrb_source(row_id: str, image_path: str | None = None) -> tuple[str, str]:
 
 def _release_pair(row: dict[str, Any], where: str) -> tuple[str, str, str]:
     """(query, chosen, rejected) of a release row: the lower rank is the preferred response."""
-    field = "human_ranking" if "human_ranking" in row else "ranking"
+    field = "ranking" if "ranking" in row and "human_ranking" not in row else "human_ranking"
     need(row, ("id", "query", "response", field), where,
          "the VL-RewardBench release (id, query, response, human_ranking; or inference_hf.py output's ranking)")
     responses, ranking = list(row["response"]), [int(r) for r in row[field]]
