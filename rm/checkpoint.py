@@ -69,6 +69,9 @@ class CheckpointConfig(BaseModel):
     suffix: str = Field(
         default="", description="Text appended to the rendered conversation: a token the layout pools "
         "(DocReward's <|regression|>); empty for none.")
+    turn_per_image: bool = Field(
+        default=False, description="Render a response made only of images as one assistant turn per image "
+        "(DocReward: each document page is its own assistant turn).")
     source: Literal["mmrm", "sequence_classification", "value_head", "docreward", "openrlhf"] = Field(
         default="mmrm", description="The layout the checkpoint was loaded from (mmrm.rm.layouts).")
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Literal
 from mmrm.rm.errors import ConfigError
 from mmrm.rm.options import LayoutName
 
-__all__ = ["DOCREWARD_TASK_PROMPT", "LAYOUTS", "Facts", "Layout", "LayoutName", "Plan", "detect", "read_facts"]
+__all__ = ["DOCREWARD_TASK_PROMPT", "LAYOUTS", "Facts", "Layout", "LayoutName", "Plan", "detect", "detect_facts", "read_facts"]
 
 #: which transformers class loads the backbone: the causal LM / VLM (``causal``), or the base model
 #: alone (``base``: the checkpoint's head sits beside its weights and is read separately).
@@ -101,6 +101,7 @@ class Plan:
         normalize: ``(mean, std)`` when rewards are reported as ``(r - mean) / std``.
         strip_end: whether trailing whitespace of the rendered conversation is removed.
         suffix: text appended to the rendered conversation (a token the layout pools).
+        turn_per_image: a response made only of images renders as one assistant turn per image.
         pooling: how the authors' code pools, in words.
         template: what the authors' code renders, in words.
     """
@@ -115,6 +116,7 @@ class Plan:
     normalize: tuple[float, float] | None = None
     strip_end: bool = True
     suffix: str = ""
+    turn_per_image: bool = False
     pooling: str = "last real token"
     template: str = "the checkpoint's chat template"
 
@@ -221,9 +223,10 @@ def _plan_docreward(facts: Facts) -> Plan:
     base = _plan_value_head(facts)
     return Plan("docreward", base.backbone_class, "causal", base.hidden_size, head_file=base.head_file,
                 head_weight=base.head_weight, head_bias=base.head_bias, strip_end=False, suffix=REGRESSION_TOKEN,
+                turn_per_image=True,
                 pooling=f"an appended {REGRESSION_TOKEN} token, checked to be last",
                 template=f"chat template, nothing stripped, then {REGRESSION_TOKEN}; user turn: the task prompt "
-                f"{DOCREWARD_TASK_PROMPT!r}, each document page an assistant turn holding its image")
+                f"{DOCREWARD_TASK_PROMPT!r}; a response of N page images renders as N assistant turns, one image each")
 
 
 def _openrlhf_prefix(facts: Facts) -> str:
@@ -303,7 +306,8 @@ def unknown_layout_error(facts: Facts) -> ConfigError:
     return ConfigError(
         f"{facts.path} is no reward checkpoint mmrm knows. Files: {', '.join(facts.files)}. "
         f"config.json architectures: {facts.config.get('architectures')}, model_type: {facts.config.get('model_type')!r}. "
-        f"Tensors: {len(facts.weights)}, outside the backbone: {', '.join(extra[:20]) or 'none'}. "
+        f"Tensors: {len(facts.weights)} ({', '.join(sorted(facts.weights)[:3])}, ...), outside the backbone: "
+        f"{', '.join(extra[:20]) or 'none'}. "
         f"Known layouts: {known}. A bare backbone gets a head with `mmrm train`.",
         field="checkpoint",
     )
@@ -316,7 +320,11 @@ def detect(path: str | Path, layout: LayoutName | None = None) -> Plan:
     Raises :class:`~mmrm.rm.errors.ConfigError` for a directory no layout recognises, naming the
     files and tensors found and what every known layout needs.
     """
-    facts = read_facts(path)
+    return detect_facts(read_facts(path), layout)
+
+
+def detect_facts(facts: Facts, layout: LayoutName | None = None) -> Plan:
+    """:func:`detect` on :class:`Facts` already read (or built from a model's state dict)."""
     if layout is not None:
         chosen = next((lay for lay in LAYOUTS if lay.name == layout), None)
         if chosen is None:

@@ -126,6 +126,7 @@ def plan_config(plan: layouts.Plan, processor: Any) -> ckpt.CheckpointConfig:
         source=plan.layout,
         strip_end=plan.strip_end,
         suffix=plan.suffix,
+        turn_per_image=plan.turn_per_image,
     )
 
 

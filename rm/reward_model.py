@@ -36,7 +36,7 @@ from mmrm.rm.media import MediaLoader
 from mmrm.rm.options import ScoringOptions, VLLMServer
 from mmrm.rm.results import pair_result
 from mmrm.rm.scorer import GroupResult, Groups, Pairs, References, Samples
-from mmrm.rm.types import Provenance, Sample, ScoreResult
+from mmrm.rm.types import ImagePart, Message, Provenance, Sample, ScoreResult
 
 __all__ = ["RewardModel", "ScoringOptions", "VLLMServer"]
 
@@ -267,6 +267,8 @@ class RewardModel(nn.Module):
         """Encode one sample; the sequence ends exactly at the pooled token. Raises the typed error
         (naming the sample's field) of a sample that cannot be scored on this model's engine."""
         messages = sample.messages
+        if self.config.turn_per_image:
+            messages = [*sample.prompt, *_turn_per_image(sample.response)]
         suffix = 0
         strip, tail = self.config.strip_end, self.config.suffix
         if self.encoder.truncation == "left":
@@ -399,6 +401,14 @@ def _options(options: ScoringOptions | None, overrides: dict[str, Any]) -> Scori
 
 def _encoder(processor: Any, cfg: ckpt.CheckpointConfig, opts: ScoringOptions) -> Encoder:
     return Encoder(processor, media=MediaLoader(opts.media_policy), max_length=cfg.max_length, truncation=cfg.truncation)
+
+
+def _turn_per_image(response: Message) -> list[Message]:
+    """A response made only of images as one assistant turn per image (DocReward's pages)."""
+    parts = response.parts
+    if not parts or not all(isinstance(p, ImagePart) for p in parts):
+        return [response]
+    return [Message(role="assistant", content=[p]) for p in parts]
 
 
 def _sample_field(e: MmrmError, n_prompt: int) -> MmrmError:

@@ -47,12 +47,16 @@ QWEN2_5_VL_TEMPLATE = (
 )
 
 
+#: the standard deviation of the random head weights
+HEAD_STD = 0.25
+
+
 def _value_head_tensors(hidden: int, seed: int):
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    # weights big enough that pooling the wrong token shows in the reward
-    return {VALUE_HEAD_KEYS[0]: torch.randn(1, hidden, generator=g), VALUE_HEAD_KEYS[1]: torch.randn(1, generator=g)}
+    # rewards of order 1: pooling the wrong token shows, and fp32 rounding stays far below 1e-5
+    return {VALUE_HEAD_KEYS[0]: torch.randn(1, hidden, generator=g) * HEAD_STD, VALUE_HEAD_KEYS[1]: torch.randn(1, generator=g)}
 
 
 def _hidden(out: Path) -> int:
@@ -141,7 +145,7 @@ def build_openrlhf(out: str | Path, *, seed: int = 0, value_head_prefix: str = "
     body = tf.AutoModel.from_pretrained(str(src))
     getattr(model, model.base_model_prefix).load_state_dict(body.state_dict())
     with torch.no_grad():
-        getattr(model, value_head_prefix).weight.normal_(0.0, 1.0, generator=torch.Generator().manual_seed(seed + 303))
+        getattr(model, value_head_prefix).weight.normal_(0.0, HEAD_STD, generator=torch.Generator().manual_seed(seed + 303))
     out = Path(out)
     model.save_pretrained(str(out))
     tf.AutoTokenizer.from_pretrained(str(src)).save_pretrained(str(out))
@@ -164,7 +168,7 @@ def build_vl_sequence_classification(out: str | Path, *, seed: int = 0, num_labe
     sd = load_file(str(files[0]))
     sd.pop("lm_head.weight")
     g = torch.Generator().manual_seed(seed + 404)
-    sd["score.weight"] = torch.randn(num_labels, _hidden(out), generator=g)
+    sd["score.weight"] = torch.randn(num_labels, _hidden(out), generator=g) * HEAD_STD
     save_file(sd, str(files[0]), metadata={"format": "pt"})
     cfg = json.loads((out / "config.json").read_text())
     cfg["architectures"] = ["Qwen2_5_VLForSequenceClassification"]
