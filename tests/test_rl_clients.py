@@ -406,6 +406,82 @@ def test_get_reward_wrong_modality_fails_the_request_with_the_error_policy(apps)
     assert rose(before, errors_total(apps["strict"], "/get_reward")) == {"unsupported_input": 1}
 
 
+class RecordingEngine(ScriptedEngine):
+    """A scripted engine that also keeps the ``multi_modal_data`` OpenRLHF hands to vLLM."""
+
+    def __init__(self, tok: Any, response: str) -> None:
+        super().__init__(tok, response)
+        self.mm: list[Any] = []
+
+    async def generate(self, prompt_token_ids: list[int], sampling_params: Any, multi_modal_data: Any = None) -> Any:
+        self.mm.append(multi_modal_data)
+        return await super().generate(prompt_token_ids, sampling_params, multi_modal_data)
+
+
+def test_openrlhf_executor_sends_each_rollouts_images(apps, clients, tiny_qwen2_vl: Path) -> None:
+    """``mmrm.rl.openrlhf_agent.AgentExecutor`` (OpenRLHF 0.11.2's ``SingleTurnAgentExecutor``
+    subclass, what ``--train.agent_func_path`` loads) with a VLM processor: two rollouts run
+    concurrently, each with its own image; each reward equals ``/v1/score`` of that image, prompt
+    and response, and differs from the other image's. The stock executor, same rollout, reaches the
+    route with placeholders and no image: an item failure (fill value, flag) whose record names the
+    limit, never a 4xx."""
+    from transformers import AutoProcessor
+
+    from mmrm.rl.openrlhf_agent import OPENRLHF_RELEASE, AgentExecutor
+
+    assert OPENRLHF_RELEASE == RELEASES["openrlhf"]
+    proc = AutoProcessor.from_pretrained(tiny_qwen2_vl)
+    tok, url = apps["tokenizer"], apps["fill"]
+    question = "Which digit is it?"
+    prompt = chatml(tok, user({"type": "image"}, {"type": "text", "text": question}), generation_prompt=True)
+    imgs = {"six": image_uri(56, 56, seed=21), "nine": image_uri(56, 56, seed=22)}
+    answers = {"six": "The digit is 6.", "nine": "The digit is 9."}
+    engines = {k: RecordingEngine(tok, answers[k]) for k in imgs}
+    params = SimpleNamespace(max_tokens=None, logprobs=None)
+
+    async def run(executor: Any) -> dict[str, dict]:
+        outs = await asyncio.gather(*(executor.execute(prompt, k, params, 4096, proc, engines[k], images=[imgs[k]])
+                                      for k in imgs))
+        return dict(zip(imgs, outs))
+
+    ex = AgentExecutor(base_url=url)
+    assert isinstance(ex, clients.SingleTurnAgentExecutor)
+    outs = asyncio.run(run(ex))
+    for k in imgs:
+        assert engines[k].mm[0] is not None and len(engines[k].mm[0]["image"]) == 1  # vLLM got the pixels
+        want = post(url, "/v1/score", {"model": "vl", "items": [{"prompt": user(image_part(imgs[k]), text_part(question)),
+                                                                 "response": answers[k]}]}).json()["data"][0]["value"]
+        assert outs[k]["reward"] == [pytest.approx(want, abs=1e-5)] and outs[k]["extra_logs"]["mmrm_invalid"] == [0.0], k
+        other = next(o for o in imgs if o != k)
+        swapped = post(url, "/v1/score", {"model": "vl", "items": [{"prompt": user(image_part(imgs[other]),
+                                                                                   text_part(question)),
+                                                                    "response": answers[k]}]}).json()["data"][0]["value"]
+        assert swapped != pytest.approx(want, abs=1e-4), k  # the image is used, and it is this rollout's
+
+    before = errors_total(url, "/get_reward")
+    stock = asyncio.run(run(clients.SingleTurnAgentExecutor(remote_rm_url=url + "/get_reward")))
+    assert rose(before, errors_total(url, "/get_reward")) == {"invalid_input": 2}
+    for k in imgs:
+        assert stock[k]["reward"] == [FILL] and stock[k]["extra_logs"]["mmrm_invalid"] == [1.0], k
+    q = proc.decode(stock["six"]["observation_tokens"], skip_special_tokens=False)
+    assert q.count("<|image_pad|>") > 1  # the processor expanded the placeholder
+    body = post(url, "/get_reward", {"query": [q], "prompts": [prompt], "labels": ["six"]})
+    assert body.status_code == 200, body.text
+    (err,) = body.json()["errors"]
+    assert err["kind"] == "invalid_input" and err["field"] == "images[0]" and err["limit"] == 1
+    assert "OpenRLHF 0.11.2" in err["message"] and "agent_func_path" in err["message"]
+
+
+def test_openrlhf_executor_needs_the_service_address(clients, monkeypatch) -> None:
+    from mmrm.rl.openrlhf_agent import AgentExecutor
+
+    monkeypatch.delenv("MMRM_BASE_URL", raising=False)
+    with pytest.raises(ValueError, match="MMRM_BASE_URL"):
+        AgentExecutor()
+    monkeypatch.setenv("MMRM_BASE_URL", "http://rm.internal:8000/")
+    assert AgentExecutor().reward_endpoints == ["http://rm.internal:8000/get_reward"]
+
+
 # --------------------------------------------------------------------------------------------------
 # verl 0.9.1 -> /classify
 

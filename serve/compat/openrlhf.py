@@ -100,6 +100,7 @@ from mmrm.serve.compat import (
     Turn,
     item_failures,
     log_item_failures,
+    media_placeholders,
     parse_rendered_chat,
     raise_for_failed,
     strip_end_tokens,
@@ -245,6 +246,13 @@ def _sample(i: int, req: RewardRequest) -> Sample:
         response = rc.turns[-1].content
         if not all(t.closed for t in turns):
             raise InvalidInput("an earlier turn of the query is not closed", field=f"query[{i}]")
+    n_ph = sum(media_placeholders(t.content) for t in turns)
+    if n_ph and not images:
+        # The usual cause, named so the log says what to change: stock OpenRLHF sends text only.
+        raise InvalidInput(f"the text holds {n_ph} image placeholder(s) and the request carries no images: "
+                           "OpenRLHF 0.11.2's remote reward client sends query/prompts/labels only; send the images "
+                           "with mmrm's executor (--train.agent_func_path <mmrm.rl.openrlhf_agent's file>)",
+                           field=f"images[{i}]", limit=n_ph)
     try:
         messages = to_messages(turns, images=images, field=f"images[{i}]")
     except ValidationError as e:  # e.g. an empty image source: the client's input, not a server fault
