@@ -139,6 +139,31 @@ def vllm_view(
 
 
 @app.command()
+def inspect(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint directory (mmrm's, or a published reward model's)."),
+    layout: Optional[str] = typer.Option(None, help="Force a layout instead of detecting it."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Say what a checkpoint is: layout, backbone, head, pooling rule, template, dtype, size."""
+    from rich.table import Table
+
+    from mmrm.rm.errors import MmrmError
+    from mmrm.rm.inspection import inspect_checkpoint
+
+    try:
+        report = inspect_checkpoint(checkpoint, layout)  # type: ignore[arg-type]
+    except (MmrmError, ValueError) as e:
+        _fail(e)
+    if as_json:
+        typer.echo(report.model_dump_json(indent=2))
+        return
+    table = Table(title=str(checkpoint), show_header=False)
+    for k, v in report.lines():
+        table.add_row(k, v)
+    Console(width=140).print(table, markup=False)
+
+
+@app.command()
 def demo(
     workdir: Path = typer.Option(Path(".mmrm-demo"), help="Where the demo model, data and serve config live."),
     epochs: int = typer.Option(5, help="Training epochs for the demo model (5 reaches >= 0.90)."),

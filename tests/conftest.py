@@ -36,6 +36,21 @@ def tiny_qwen2_5_vl(tiny_models: dict[str, Path]) -> Path:
     return tiny_models["qwen2_5_vl"]
 
 
+@pytest.fixture(scope="session")
+def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny checkpoints in the published reward-model layouts (mmrm.rm.tiny_layouts), built once."""
+    from mmrm.rm import tiny_layouts as tl
+
+    root = tmp_path_factory.mktemp("published")
+    return {
+        "skywork": tl.build_value_head(root / "skywork-vl-reward"),
+        "trl_text": tl.build_value_head(root / "trl-text", arch="qwen2", head_format="bin"),
+        "docreward": tl.build_docreward(root / "docreward"),
+        "openrlhf": tl.build_openrlhf(root / "openrlhf", value_head_prefix="value_head", normalize=(0.25, 2.5)),
+        "seq_cls_vl": tl.build_vl_sequence_classification(root / "seqcls-vl"),
+    }
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # GPU tests run on a GPU machine; elsewhere they are reported as skipped with the reason.
     try:

@@ -223,20 +223,7 @@ def ref_seq_cls_vl(path: Path, convs) -> list[float]:
     return logits[torch.arange(logits.shape[0]), last, 0].tolist()
 
 
-# ------------------------------------------------------------------------------------------------
-# Checkpoints (built once per session)
-
-
-@pytest.fixture(scope="session")
-def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("published")
-    return {
-        "skywork": tl.build_value_head(root / "skywork-vl-reward"),
-        "trl_text": tl.build_value_head(root / "trl-text", arch="qwen2", head_format="bin"),
-        "docreward": tl.build_docreward(root / "docreward"),
-        "openrlhf": tl.build_openrlhf(root / "openrlhf", value_head_prefix="value_head", normalize=(0.25, 2.5)),
-        "seq_cls_vl": tl.build_vl_sequence_classification(root / "seqcls-vl"),
-    }
+# The checkpoints: the session fixture ``published`` (tests/conftest.py).
 
 
 def _assert_close(got, want):
