@@ -4,6 +4,8 @@ resumable; prints a table and writes a markdown + HTML report with plots.
     mmrm eval run preference .mmrm-demo/data/eval.jsonl --checkpoint .mmrm-demo/model --out docs/eval-example --blank-images
     mmrm eval run vl-rewardbench data.jsonl --url http://127.0.0.1:8000 --model rm --image-root images/
     mmrm eval run multimodal-rewardbench data/all_data.json --judge-rubric helpfulness --judge-model path/to/Qwen2.5-VL
+    mmrm eval run mmrb2 t2i/test-00000-of-00001.parquet --url http://127.0.0.1:8000 --judge pairwise
+    mmrm eval run mj-bench safety.parquet --perspective safety --checkpoint runs/rm
     mmrm eval report eval-out/results.jsonl --benchmark vl-rewardbench --out eval-out/
     mmrm eval list
 """
@@ -84,7 +86,7 @@ def list_benchmarks() -> None:
 @app.command()
 def run(
     ctx: typer.Context,
-    benchmark: str = typer.Argument(..., help="vl-rewardbench, mm-rlhf-rewardbench, multimodal-rewardbench, rewardbench, preference"),
+    benchmark: str = typer.Argument(..., help="vl-rewardbench, mm-rlhf-rewardbench, multimodal-rewardbench, rewardbench, mmrb2, mj-bench, preference"),
     data: Path = typer.Argument(..., help="The benchmark file (JSONL, JSON array, Parquet) or a saved datasets folder."),
     checkpoint: Optional[Path] = typer.Option(None, help="Score with this reward checkpoint, in-process."),
     url: Optional[str] = typer.Option(None, help="Score with an mmrm service at this URL (with --model or --judge)."),
@@ -102,7 +104,9 @@ def run(
     inline_media: bool = typer.Option(False, "--inline-media", help="Send local media as data URIs (for --url)."),
     order: Optional[str] = typer.Option(None, help="Presentation order: random, chosen_first, swapped, as_stored (default: the loader's)."),
     seed: int = typer.Option(0, help="Seed of the random presentation order."),
-    limit: Optional[int] = typer.Option(None, help="Only the first N pairs."),
+    limit: Optional[int] = typer.Option(None, help="Only the first N pairs (no media of later rows is read)."),
+    task: Optional[str] = typer.Option(None, help="mmrb2: the task (t2i, edit, interleaved, reasoning; default: from the path)."),
+    perspective: Optional[str] = typer.Option(None, help="mj-bench: the perspective (alignment, safety, quality, bias; default: the rows' category or the path)."),
     batch_size: int = typer.Option(16, help="Pairs per scoring call (and per fsync-ed write)."),
     blank_images: bool = typer.Option(False, "--blank-images", help="Also score every pair with its images blanked (image reliance)."),
     device: str = typer.Option("auto", help="auto, cpu, cuda[:N] (in-process scorers)."),
@@ -140,6 +144,11 @@ def run(
         kw: dict[str, Any] = {"media": media, "seed": seed, "limit": limit}
         if order is not None:
             kw["order"] = order
+        for name, value, owner in (("task", task, "mmrb2"), ("perspective", perspective, "mj-bench")):
+            if value is not None:
+                if benchmark != owner:
+                    raise ValueError(f"--{name} is an option of {owner}, not of {benchmark}")
+                kw[name] = value
         items = load_benchmark(benchmark, data, **kw)
         spec: Any
         if checkpoint is not None:

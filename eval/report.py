@@ -230,7 +230,7 @@ def headline_rows(rep: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = [(label, _f(o.get(k)), "") for label, k in _OFFICIAL_HEADLINES.get(rep["benchmark"], [])]
     if rep["benchmark"] == "rewardbench":
         rows += [(f"official RewardBench {s} (example-weighted; empty = 0)", _f(v), "") for s, v in o["sections"].items()]
-    rows.append(("strict accuracy (pooled; a tie or invalid result is wrong)", _f(m["accuracy"]["value"]), _ci(m["accuracy"]["ci"])))
+    rows.append(("strict accuracy (tie/invalid = wrong)", _f(m["accuracy"]["value"]), _ci(m["accuracy"]["ci"])))
     if m.get("macro_accuracy"):
         rows.append(("strict macro accuracy (mean over categories)", _f(m["macro_accuracy"]["value"]), _ci(m["macro_accuracy"]["ci"])))
     if m.get("acc_plus"):

@@ -15,7 +15,8 @@ runner = CliRunner()
 def test_list_names_every_loader() -> None:
     res = runner.invoke(app, ["list"])
     assert res.exit_code == 0
-    for name in ("vl-rewardbench", "mm-rlhf-rewardbench", "multimodal-rewardbench", "rewardbench", "preference"):
+    for name in ("vl-rewardbench", "mm-rlhf-rewardbench", "multimodal-rewardbench", "rewardbench", "mmrb2", "mj-bench",
+                 "preference"):
         assert name in res.output
 
 
@@ -26,7 +27,7 @@ def test_run_resume_and_report(tmp_path: Path, reward_checkpoint: Path, digits_e
             "--summary-json", str(tmp_path / "s1.json")]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
-    assert "accuracy (pooled, tie = wrong)" in res.output and "image reliance" in res.output
+    assert "strict accuracy" in res.output and "image reliance" in res.output
     s1 = json.loads((tmp_path / "s1.json").read_text())
     assert (s1["scored"], s1["already_done"], s1["forward_calls"]) == (20, 0, 4)
     for f in ("report.md", "report.html", "report.json", "per_category.png", "reliability.png", "score_hist.png", "results.jsonl"):
