@@ -80,6 +80,14 @@ def judge_result(item: EvalItem, ab: str, ba: str | None = None) -> ScoreResult:
                                 "per_order": [{"order": "AB", "verdict": v_ab}, {"order": "BA", "verdict": v_ba}]})
 
 
+def result_of(kind: str, item: EvalItem, outcome: str) -> ScoreResult:
+    """A judge's result, or a reward model's (where a judge's tie is a NaN reward: neither
+    chosen > rejected nor rejected > chosen, so the pair names no winner)."""
+    if kind == "judge":
+        return judge_result(item, outcome)
+    return rm_result(item, "nan" if outcome == "tie" else outcome)
+
+
 def report_of(items: list[EvalItem], results: list[ScoreResult]) -> dict:
     recs = [make_record(it, "original", "k", "t", r.provenance.kind, r) for it, r in zip(items, results)]
     return build_report(recs, items=items, n_resamples=20)
@@ -161,12 +169,13 @@ def _judge_text(outcome: str, ranking: list[int]) -> str:
             "tie": "Both answers are equally good.", "invalid": ""}[outcome]
 
 
-def test_vl_rewardbench_official_numbers_equal_cal_py(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["judge", "reward_model"])
+def test_vl_rewardbench_official_numbers_equal_cal_py(tmp_path: Path, kind: str) -> None:
     rows = _vlrb_release_rows()
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     items = load_vl_rewardbench(tmp_path / "data.jsonl", media=PH)
     outcomes = [o for *_, o in VLRB_ROWS]
-    rep = report_of(items, [judge_result(it, o) for it, o in zip(items, outcomes)])
+    rep = report_of(items, [result_of(kind, it, o) for it, o in zip(items, outcomes)])
     off = rep["official"]
     inference_out = [{"id": r["id"], "query": r["query"], "response": r["response"], "ranking": r["human_ranking"],
                       "image_path": r["image_path"], "meta": {"random_number": 0, "filter_choice": _judge_text(o, r["human_ranking"])}}
@@ -302,13 +311,14 @@ def _get_accuracy_py(answers: list[dict]) -> dict[str, float]:
     return {t: sum(v) / len(v) for t, v in accs.items()}
 
 
-def test_multimodal_rewardbench_official_numbers_equal_the_script(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["judge", "reward_model"])
+def test_multimodal_rewardbench_official_numbers_equal_the_script(tmp_path: Path, kind: str) -> None:
     rows = [{"ID": i, "Text": f"t {i}", "Image": f"images/{i}.jpg", "Output1": f"o1 {i}", "Output2": f"o2 {i}",
              "Better": b, "Category": c} for i, c, b, _ in MMRB]
     (tmp_path / "all_data.json").write_text(json.dumps(rows))
     items = load_multimodal_rewardbench(tmp_path / "all_data.json", media=PH)
     outcomes = [o for *_, o in MMRB]
-    rep = report_of(items, [judge_result(it, o) for it, o in zip(items, outcomes)])
+    rep = report_of(items, [result_of(kind, it, o) for it, o in zip(items, outcomes)])
     off = rep["official"]
     answers = []
     for (i, c, b, o) in MMRB:
@@ -556,12 +566,13 @@ def _mj_accuracies(humans: list[float], preds: list[float]) -> tuple[float, floa
     return without, sum_valid / sum_all
 
 
-def test_mj_bench_official_numbers_equal_metric_alignment() -> None:
+@pytest.mark.parametrize("kind", ["judge", "reward_model"])
+def test_mj_bench_official_numbers_equal_metric_alignment(kind: str) -> None:
     rows = [{"caption": f"a red cube {i}", "image0": f"img/{i}_0.png", "image1": f"img/{i}_1.png", "label": lab,
              "category": cat} for i, (cat, lab, _) in enumerate(MJ)]
     items = load_mj_bench(rows, media=PH)
     outcomes = [o for *_, o in MJ]
-    off = report_of(items, [judge_result(it, o) for it, o in zip(items, outcomes)])["official"]
+    off = report_of(items, [result_of(kind, it, o) for it, o in zip(items, outcomes)])["official"]
     humans = [float(lab) for _, lab, _ in MJ]
     # predictions as MJ-Bench's judges write them: the preferred image's index. (Its parser tests digits
     # before "Image 1"/"Image 2", so "Image 1 is better" reads as index 1: the second image.)
