@@ -67,6 +67,13 @@ def test_one_scorer_required(tmp_path: Path, digits_eval_data: Path) -> None:
     assert res.exit_code == 2 and "exactly one scorer" in res.output
 
 
+def test_benchmark_options_belong_to_their_benchmark(tmp_path: Path, digits_eval_data: Path) -> None:
+    res = runner.invoke(app, ["run", "preference", str(digits_eval_data), "--checkpoint", str(tmp_path), "--task", "t2i"])
+    assert res.exit_code == 2 and "--task is an option of mmrb2" in res.output
+    res = runner.invoke(app, ["run", "mmrb2", str(digits_eval_data), "--checkpoint", str(tmp_path), "--task", "video"])
+    assert res.exit_code == 2 and "unknown MMRB2 task" in res.output
+
+
 def _rows_with_bad_pairs(tmp_path: Path) -> Path:
     rows = [{"id": 0, "prompt": "Describe the weather.", "chosen": "Sunny and warm.", "rejected": "Seven."},
             {"id": 1, "prompt": "look <|image_pad|> here", "chosen": "fine", "rejected": "bad"},  # placeholder text
