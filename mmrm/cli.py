@@ -24,7 +24,7 @@ def _fail(e: Exception) -> None:
 
 @app.command()
 def tiny(
-    arch: str = typer.Argument(..., help="qwen2, qwen2_vl or qwen2_5_vl"),
+    arch: str = typer.Argument(..., help="qwen2, qwen2_vl, qwen2_5_vl or qwen3_vl"),
     out: Path = typer.Argument(..., help="Output checkpoint directory."),
     seed: int = typer.Option(0, help="Weights seed (same seed, same weights)."),
     size: str = typer.Option("tiny", help="tiny (tests) or small (~25M, benchmarks)."),
@@ -32,7 +32,7 @@ def tiny(
     """Build a tiny model of a real architecture locally (no network)."""
     from mmrm.rm.tiny import build_tiny_model
 
-    if arch not in ("qwen2", "qwen2_vl", "qwen2_5_vl") or size not in ("tiny", "small"):
+    if arch not in ("qwen2", "qwen2_vl", "qwen2_5_vl", "qwen3_vl") or size not in ("tiny", "small"):
         _fail(ValueError(f"unknown arch/size {arch!r}/{size!r}"))
     path = build_tiny_model(arch, out, seed=seed, size=size)  # type: ignore[arg-type]
     typer.echo(str(path))

@@ -5,8 +5,8 @@ write an ordinary checkpoint directory (config, random weights with a fixed seed
 tokenizer trained locally, a chat template, and for VLMs a processor) that loads back by path with
 the ordinary ``Auto*`` classes. The rest of mmrm never knows the model is tiny.
 
-Architectures: ``qwen2`` (text-only causal LM), ``qwen2_vl`` (Qwen2-VL) and ``qwen2_5_vl``
-(Qwen2.5-VL). The ``small`` size is a compute-bound text model for benchmarks (~25M parameters).
+Architectures: ``qwen2`` (text-only causal LM), ``qwen2_vl`` (Qwen2-VL), ``qwen2_5_vl``
+(Qwen2.5-VL) and ``qwen3_vl`` (Qwen3-VL: 16-pixel patches, interleaved M-RoPE, DeepStack). The ``small`` size is a compute-bound text model for benchmarks (~25M parameters).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 from typing import Literal
 
-Arch = Literal["qwen2", "qwen2_vl", "qwen2_5_vl"]
+Arch = Literal["qwen2", "qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 Size = Literal["tiny", "small"]
 
 SPECIAL_TOKENS = [
@@ -172,14 +172,32 @@ def build_tiny_model(arch: Arch, out_dir: str | Path, *, seed: int = 0, size: Si
                               fullatt_block_indexes=[1], tokens_per_second=2)
             config = tf.Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
             model = tf.Qwen2_5_VLForConditionalGeneration(config)
+        elif arch == "qwen3_vl":
+            # Qwen3-VL: 16-pixel patches, a learned position grid (num_position_embeddings must be a
+            # square), DeepStack features from the listed vision blocks into the first decoder layers,
+            # and interleaved M-RoPE (its sections also sum to head_dim / 2).
+            text["head_dim"] = head_dim
+            text["rope_parameters"] = {**text["rope_parameters"], "mrope_interleaved": True}
+            vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=text["hidden_size"],
+                          patch_size=16, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=64,
+                          deepstack_visual_indexes=[1])
+            config = tf.Qwen3VLConfig(text_config=text, vision_config=vision, **common)
+            model = tf.Qwen3VLForConditionalGeneration(config)
         else:
-            raise ValueError(f"unknown arch {arch!r}; choose qwen2, qwen2_vl or qwen2_5_vl")
+            raise ValueError(f"unknown arch {arch!r}; choose qwen2, qwen2_vl, qwen2_5_vl or qwen3_vl")
         # Small pixel range: keeps tests fast; the product reads these from the processor config.
         # (``small``: up to 1024 visual tokens, e.g. 896x896, so realistic image sizes keep their cost.)
         img_kw = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * (1024 if small else 256))
-        image_processor = tf.Qwen2VLImageProcessor(**img_kw)
-        video_processor = tf.Qwen2VLVideoProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
-        proc_cls = tf.Qwen2VLProcessor if arch == "qwen2_vl" else tf.Qwen2_5_VLProcessor
+        if arch == "qwen3_vl":
+            px = 32 * 32  # one merged visual token covers 32x32 pixels (patch 16, merge 2)
+            image_processor = tf.Qwen2VLImageProcessor(patch_size=16, merge_size=2, min_pixels=px * 4, max_pixels=px * 256,
+                                                       image_mean=[0.5] * 3, image_std=[0.5] * 3)
+            video_processor = tf.Qwen3VLVideoProcessor(patch_size=16, merge_size=2, min_pixels=px * 4, max_pixels=px * 64)
+            proc_cls = tf.Qwen3VLProcessor
+        else:
+            image_processor = tf.Qwen2VLImageProcessor(**img_kw)
+            video_processor = tf.Qwen2VLVideoProcessor(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 64)
+            proc_cls = tf.Qwen2VLProcessor if arch == "qwen2_vl" else tf.Qwen2_5_VLProcessor
         processor = proc_cls(image_processor=image_processor, tokenizer=tok, video_processor=video_processor,
                              chat_template=CHAT_TEMPLATE)
         processor.save_pretrained(str(out))

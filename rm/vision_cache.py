@@ -104,6 +104,9 @@ def backbone_inputs(cache: FeatureCache, backbone: nn.Module, base: nn.Module, b
     use_cache = (
         cache.max_bytes > 0 and not torch.is_grad_enabled() and not backbone.training
         and "pixel_values" in batch and "image_grid_thw" in batch and accepts(base, "mm_encoder_outputs")
+        # Qwen3-VL's DeepStack also feeds per-block vision features into the decoder; the cache keeps
+        # only the final ones, so such models always run their tower.
+        and not getattr(getattr(base.config, "vision_config", None), "deepstack_visual_indexes", None)
     )
     if not use_cache:
         return {k: v.to(device) for k, v in batch.items()}
