@@ -164,6 +164,25 @@ def inspect(
 
 
 @app.command()
+def convert(
+    checkpoint: Path = typer.Argument(..., help="An mmrm reward checkpoint (linear head, merged weights)."),
+    dest: Path = typer.Argument(..., help="Directory to write (must not exist or be empty)."),
+    to: str = typer.Option("value_head", help="Target layout: value_head (TRL / LLaMA-Factory, Skywork-VL-Reward's)."),
+) -> None:
+    """Export an mmrm checkpoint to a layout other tools load."""
+    from mmrm.rm.convert import export_value_head
+    from mmrm.rm.errors import MmrmError
+
+    if to != "value_head":
+        _fail(ValueError(f"unknown target layout {to!r}; choose value_head"))
+    try:
+        out = export_value_head(checkpoint, dest)
+    except MmrmError as e:
+        _fail(e)
+    typer.echo(str(out))
+
+
+@app.command()
 def demo(
     workdir: Path = typer.Option(Path(".mmrm-demo"), help="Where the demo model, data and serve config live."),
     epochs: int = typer.Option(5, help="Training epochs for the demo model (5 reaches >= 0.90)."),
