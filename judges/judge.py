@@ -137,7 +137,10 @@ class Judge:
         >>> judge.score([Sample(prompt="Hi", response="Hello!")])[0].value  # doctest: +SKIP
     """
 
-    def __init__(self, rubric: Rubric | Preset | str | Path, backend: JudgeBackend, config: JudgeOptions | None = None) -> None:
+    def __init__(self, rubric: Rubric | Preset | str | Path, backend: JudgeBackend, config: JudgeOptions | None = None,
+                 *, check_labels: bool = True) -> None:
+        """``rubric``: a rubric or a preset (object, shipped name, or file path). ``check_labels=False``
+        skips a preset's start-up label check (for a server that already checked it once)."""
         spec = load_spec(rubric)
         self.backend = backend
         self.config = config or JudgeOptions()
@@ -145,7 +148,8 @@ class Judge:
         self.runner: PresetRunner | None = None
         if self.preset is not None:
             self.runner = PresetRunner(self.preset, backend, self.config)
-            self.runner.check_labels()  # at start-up: a preset whose labels are not single tokens is refused here
+            if check_labels:  # at start-up: a preset whose labels are not single tokens is refused here
+                self.runner.check_labels()
             self.rubric: Rubric = None  # type: ignore[assignment]  # a preset judge has no rubric
             self.method: Literal["logprobs", "json", "text"] = "logprobs" if self.runner.path == "probability" else "text"
         else:

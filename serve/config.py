@@ -129,8 +129,8 @@ class JudgeConfig(_Strict):
     judge: JudgeOptions = Field(default_factory=JudgeOptions, description="How answers are read; cost bounds.")
     rubrics: list[str] = Field(
         default_factory=lambda: list_rubrics(),
-        description="Rubrics requests may name: shipped names, or paths of the operator's own files "
-        "(requests can name them by file stem, never by path).",
+        description="Rubrics and judge presets requests may name: shipped names, or paths of the operator's own "
+        "rubric or preset files (requests can name them by file stem, never by path).",
     )
     default_rubric: str = "helpfulness"
     num_cpus: float = Field(default=1, gt=0)

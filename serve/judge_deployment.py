@@ -2,7 +2,9 @@
 
 The backend (an in-process transformers LMM, or a client of an OpenAI-compatible server such as
 vLLM) is built once per replica; each request builds a cheap :class:`mmrm.judges.Judge` for its
-rubric. Judging runs in a worker thread so the replica's loop stays free for health checks.
+rubric or preset (a reasoning judge such as R1-Reward: :mod:`mmrm.judges.presets`; the labels of
+every configured preset are checked once, at start-up). Judging runs in a worker thread so the
+replica's loop stays free for health checks.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from mmrm.judges.backends.base import GenReply, GenRequest, LabelReply, LabelRequest
-from mmrm.judges.judge import Judge
-from mmrm.judges.rubrics import Rubric, load_rubric
+from mmrm.judges.judge import Judge, load_spec
+from mmrm.judges.presets import Preset
+from mmrm.judges.rubrics import Rubric
 from mmrm.rm.errors import InvalidInput, MmrmError
 from mmrm.rm.media import MediaPolicy
 from mmrm.rm.types import Pair, Sample
@@ -76,15 +79,18 @@ class JudgeServer:
             from mmrm.judges.backends.openai import OpenAIJudgeBackend
 
             self.backend = OpenAIJudgeBackend(**b.model_dump(exclude={"type"}), media_policy=policy)
-        # Requests name rubrics; only these (shipped names, or the operator's files by stem) resolve.
-        self.rubrics: dict[str, Rubric] = {}
+        # Requests name rubrics or presets; only these (shipped names, or the operator's files by stem) resolve.
+        self.rubrics: dict[str, Rubric | Preset] = {}
         for ref in self.cfg.rubrics:
-            r = load_rubric(ref)
+            r = load_spec(ref)
             self.rubrics[Path(ref).stem if Path(ref).suffix else ref] = r
         if self.cfg.default_rubric not in self.rubrics:
             raise MmrmError(f"default_rubric {self.cfg.default_rubric!r} is not among the judge's rubrics",
                             field="default_rubric", limit=sorted(self.rubrics))
-        Judge(self.rubrics[self.cfg.default_rubric], self.backend, self.cfg.judge)  # checks labels once at start
+        Judge(self.rubrics[self.cfg.default_rubric], self.backend, self.cfg.judge)
+        for spec in self.rubrics.values():
+            if isinstance(spec, Preset):  # each preset's labels are checked once, here, not per request
+                Judge(spec, self.backend, self.cfg.judge)
         # An in-process model runs one forward at a time (several at once would each take every
         # core and thrash); a remote server batches concurrent requests itself.
         self._lock: Any = threading.Lock() if b.type == "hf" else contextlib.nullcontext()
@@ -93,21 +99,23 @@ class JudgeServer:
         self._chunk = int(getattr(b, "max_batch_size", None) or getattr(b, "max_concurrency", None) or 16)
 
     async def info(self) -> dict[str, Any]:
-        j = Judge(self.rubrics[self.cfg.default_rubric], self.backend, self.cfg.judge)
+        j = Judge(self.rubrics[self.cfg.default_rubric], self.backend, self.cfg.judge, check_labels=False)
         return {"id": self.cfg.name, "kind": "judge", "fingerprint": j.fingerprint,
                 "engine": self.cfg.backend.type, "dtype": getattr(self.cfg.backend, "dtype", None)}
 
-    def _rubric(self, rubric: str | dict[str, Any] | None) -> Rubric:
+    def _rubric(self, rubric: str | dict[str, Any] | None) -> tuple[Rubric | Preset, bool]:
+        """The request's rubric or preset, and whether it was checked at start-up."""
         if rubric is None:
-            return self.rubrics[self.cfg.default_rubric]
+            return self.rubrics[self.cfg.default_rubric], True
         if isinstance(rubric, dict):
+            kind = "preset" if rubric.get("kind") == "preset" else "rubric"
             try:
-                return Rubric.model_validate(rubric)
+                return (Preset if kind == "preset" else Rubric).model_validate(rubric), False
             except ValueError as e:
-                raise InvalidInput(f"inline rubric is invalid: {e}", field="rubric") from None
+                raise InvalidInput(f"inline {kind} is invalid: {e}", field="rubric") from None
         if rubric not in self.rubrics:
             raise InvalidInput(f"unknown rubric {rubric!r}", field="rubric", limit=sorted(self.rubrics))
-        return self.rubrics[rubric]
+        return self.rubrics[rubric], True
 
     async def judge(self, body: dict[str, Any], request_id: str = "", deadline: float | None = None) -> dict[str, Any]:
         """Judge samples (pointwise / checklist) or pairs (both orders); per-item failures stay per
@@ -131,7 +139,8 @@ class JudgeServer:
     async def _judge(self, body: dict[str, Any], backend: StopAware) -> dict[str, Any]:
         key = "pairs" if body.get("pairs") is not None else "items"
         try:
-            judge = Judge(self._rubric(body.get("rubric")), backend, self.cfg.judge)
+            spec, checked = self._rubric(body.get("rubric"))
+            judge = Judge(spec, backend, self.cfg.judge, check_labels=not checked)
             refs = body.get("references")
             if key == "pairs":
                 run: Any = partial(judge.compare, [Pair.model_validate(p) for p in body["pairs"]], references=refs)

@@ -83,6 +83,12 @@ class FixedReasoning:
 
 def _reference_probs(model_dir: Path, user_text: str, images: list[str], suffix: str, labels: tuple[str, ...]) -> dict[str, float]:
     """P(label) at the next token after chat(user: images + text) + ``suffix``: one plain forward."""
+    return _reference(model_dir, user_text, images, suffix, labels)[0]
+
+
+def _reference(model_dir: Path, user_text: str, images: list[str], suffix: str, labels: tuple[str, ...],
+               top_k: int = 20) -> tuple[dict[str, float], bool]:
+    """(P(label) as in :func:`_reference_probs`, whether every label token ranks in the top ``top_k``)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     proc = AutoProcessor.from_pretrained(model_dir)
@@ -94,11 +100,13 @@ def _reference_probs(model_dir: Path, user_text: str, images: list[str], suffix:
     with torch.no_grad():
         probs = torch.softmax(model(**inputs).logits[0, -1].float(), dim=-1)
     tok = proc.tokenizer
-    out = {}
+    top = set(torch.topk(probs, top_k).indices.tolist())
+    out, inside = {}, True
     for lab in labels:
         ids = [i for i in range(len(tok)) if i not in tok.all_special_ids and tok.decode([i]).strip() == lab]
         out[lab] = float(probs[ids].sum())
-    return out
+        inside = inside and all(i in top for i in ids)
+    return out, inside
 
 
 def _pair_inputs(p: Pair, first, second) -> tuple[str, str, str, list[str]]:
