@@ -216,3 +216,25 @@ def test_a_serve_judge_entry_builds_the_backend_with_its_settings(server: JudgeS
         assert len(server.arrivals) == 2 and server.arrivals[1] - server.arrivals[0] >= 1.0
     finally:
         backend.close()
+
+
+def _reply(content: str, finish: str = "stop") -> tuple[int, dict[str, str], Any]:
+    return 200, {}, {"id": "c", "object": "chat.completion", "model": "stub",
+                     "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish}]}
+
+
+def test_a_hosted_api_without_prefill_parses_a_reasoning_preset_from_text(server: JudgeServer):
+    """prefill: none and no logprobs: the whole reply is generated and parsed; no probability is claimed."""
+    from mmrm.rm.types import Pair
+
+    server.answers.extend([_reply("<think>Response 1 is correct.</think><answer>1</answer>")] * 2)
+    with OpenAIJudgeBackend("stub", base_url=server.url, prefill="none", logprobs=False, json_schema=False) as backend:
+        [r] = Judge("r1_reward", backend).compare([Pair(prompt="2+2?", response_a="4", response_b="5")])
+    # Both orders answer "1" (the response shown first): a position-biased judge, debiased to 0.5.
+    assert r.ok and r.value == 0.5 and r.prob_a_wins is None and r.details["probability"] is False
+    assert r.details["path"] == "text" and len(server.arrivals) == 2
+    server.answers.extend([_reply("<think>Response 1 is", finish="length"), _reply("<think>ok</think><answer>2</answer>")])
+    with OpenAIJudgeBackend("stub", base_url=server.url, prefill="none", logprobs=False, json_schema=False,
+                            max_concurrency=1) as backend:
+        [cut] = Judge("r1_reward", backend).compare([Pair(prompt="2+2?", response_a="4", response_b="5")])
+    assert cut.error_kind == "budget_exhausted" and "AB" in cut.invalid
