@@ -472,6 +472,57 @@ def test_openrlhf_executor_sends_each_rollouts_images(apps, clients, tiny_qwen2_
     assert "OpenRLHF 0.11.2" in err["message"] and "agent_func_path" in err["message"]
 
 
+def requests_total(url: str, route: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in httpx.get(url + "/metrics", timeout=30).text.splitlines()
+               if line.startswith("mmrm_requests_total{") and f'route="{route}"' in line)
+
+
+def test_openrlhf_rotates_over_urls_and_sends_no_empty_shard(apps, clients) -> None:
+    """OpenRLHF 0.11.2 splits ``--reward.remote_url`` at commas; its executor sends each one-query
+    request to the next URL in turn (``cycle``) and posts no empty shard: four rollouts over two
+    URLs are two requests to each app, and every request carries a query."""
+    tok = apps["tokenizer"]
+    prompt = chatml(tok, user("Describe the weather."), generation_prompt=True)
+    urls = [apps["fill"] + "/get_reward", apps["strict"] + "/get_reward"]
+    before = [requests_total(apps[k], "/get_reward") for k in ("fill", "strict")]
+    ex = clients.SingleTurnAgentExecutor(remote_rm_url=urls)
+
+    async def four() -> list[dict]:
+        return [await ex.execute(prompt, "x", SimpleNamespace(max_tokens=None, logprobs=None), 4096, tok,
+                                 ScriptedEngine(tok, f"Sunny, {i}."))
+                for i in range(4)]
+
+    outs = asyncio.run(four())
+    assert all(o["reward"] is not None and len(o["reward"]) == 1 for o in outs)
+    after = [requests_total(apps[k], "/get_reward") for k in ("fill", "strict")]
+    assert [a - b for a, b in zip(after, before)] == [2, 2]
+
+
+def test_openrlhf_reward_func_and_agent_instances_get_no_images(clients, tmp_path: Path) -> None:
+    """Why images need mmrm's executor: OpenRLHF 0.11.2 calls a ``reward_func`` file with
+    ``(queries, prompts, labels)`` only, and an ``AgentInstance`` gets ``{"observation", "label"}``
+    at reset (``{"observation_text", "action_text", "label", "sampling_params"}`` per step); the
+    executor's ``execute`` is the one place the sample's ``images`` arrive."""
+    import inspect
+
+    from openrlhf.utils.agent import AgentExecutorBase, MultiTurnAgentExecutor
+
+    seen = tmp_path / "seen.json"
+    func = tmp_path / "reward_func.py"
+    func.write_text("import json, sys\n"
+                    "def reward_func(*args, **kwargs):\n"
+                    f"    open({str(seen)!r}, 'w').write(json.dumps([len(args), sorted(kwargs)]))\n"
+                    "    return {'rewards': [0.0], 'scores': [0.0], 'extra_logs': {}}\n")
+    ex = clients.SingleTurnAgentExecutor(remote_rm_url=str(func))
+    asyncio.run(ex._fetch_rewards_via_func(["q"], ["p"], ["l"]))
+    assert json.loads(seen.read_text()) == [3, []]
+
+    src = inspect.getsource(MultiTurnAgentExecutor.execute)
+    assert 'initial_states = {"observation": prompt, "label": label}' in src
+    assert '"observation_text": observation_text' in src and "images" not in src.split("states = {", 1)[1].split("}", 1)[0]
+    assert "images" in inspect.signature(AgentExecutorBase.execute).parameters
+
+
 def test_openrlhf_executor_needs_the_service_address(clients, monkeypatch) -> None:
     from mmrm.rl.openrlhf_agent import AgentExecutor
 

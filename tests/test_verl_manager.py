@@ -18,7 +18,6 @@ PNG data URI of the same pixels), never what the manager produced.
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import sys
 import time
 from pathlib import Path
@@ -262,3 +261,80 @@ def test_a_group_split_across_workers_falls_back_to_score(service: dict, tiny_qw
     # (score); the placeholder group never reaches the service (it fails while converting)
     assert requests_total(service, "/v1/rank") - ranks == 1
     assert requests_total(service, "/v1/score") - scores == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# What the README says about verl 0.9.1's reward loop, checked on its code
+
+
+def test_verl_registers_no_batch_manager_and_remote_refuses_async(verl: Any) -> None:
+    """verl 0.9.1's reward loop knows five managers; ``batch`` is not one (so a batched
+    ``compute_score`` has no caller there), and ``remote`` asserts that the function is not async."""
+    from omegaconf import OmegaConf
+    from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
+    from verl.experimental.reward_loop.reward_manager.registry import REWARD_MANAGER
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    import mmrm.rl.verl as adapter
+
+    assert set(REWARD_MANAGER) == {"naive", "rate_limited", "dapo", "remote", "gdpo"}
+    with pytest.raises(ValueError, match="Unknown reward manager: batch"):
+        get_reward_manager_cls("batch")
+    cfg = OmegaConf.create({"reward": {"num_workers": 1, "custom_reward_function": {
+        "path": adapter.__file__, "name": "compute_score_async", "reward_kwargs": {"mmrm_url": "http://127.0.0.1:9"}}}})
+    fn = get_custom_reward_fn(cfg)
+    with pytest.raises(AssertionError, match="Async reward score is not supported"):
+        get_reward_manager_cls("remote")(cfg, tokenizer=None, compute_score=fn)
+
+
+def test_verl_reward_model_path_has_no_outside_address(verl: Any) -> None:
+    """With ``reward_model.enable`` verl 0.9.1 always starts its own reward servers and router
+    (``RewardModelManager``) and takes the router address from them; its reward-model config has no
+    field for an address of a server started elsewhere. So mmrm reaches verl through a reward
+    manager (``MmrmRewardManager``) or a custom function, not through the reward-model path."""
+    import dataclasses
+    import inspect
+
+    from verl.experimental.reward_loop.reward_loop import RewardLoopManager
+    from verl.workers.config import RewardModelConfig
+
+    src = inspect.getsource(RewardLoopManager.__init__)
+    assert "self.reward_model_manager = RewardModelManager(config.reward.reward_model, rm_resource_pool)" in src
+    assert "self.reward_router_address = self.reward_model_manager.get_router_address()" in src
+    names = {f.name for f in dataclasses.fields(RewardModelConfig)}
+    assert "model_path" in names and not {n for n in names if any(w in n for w in ("address", "url", "host", "port"))}
+
+
+def test_verl_naive_manager_awaits_compute_score_async(service: dict, tiny_qwen2_vl: Path, verl: Any,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The custom-function path at 0.9.1: ``get_custom_reward_fn`` loads ``compute_score_async`` from
+    mmrm's file with ``reward_kwargs``, the ``naive`` manager awaits it per sample, and the reward
+    equals ``/v1/score`` of the prompt and image carried in ``extra_info``."""
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoTokenizer
+    from verl.experimental.reward_loop.reward_manager import get_reward_manager_cls
+    from verl.trainer.ppo.reward import get_custom_reward_fn
+
+    import mmrm.rl.verl as adapter
+
+    monkeypatch.setenv("MMRM_API_TOKEN", service["token"])
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_vl)
+    cfg = OmegaConf.create({"reward": {"custom_reward_function": {
+        "path": adapter.__file__, "name": "compute_score_async",
+        "reward_kwargs": {"mmrm_url": service["url"], "mmrm_model": "tiny"}}}})
+    fn = get_custom_reward_fn(cfg)
+    manager = get_reward_manager_cls("naive")(cfg, tokenizer=tok, compute_score=fn)
+    assert manager.is_async_reward_score
+    img = png_data_uri(image_array(56, 56, seed=31))
+    info = adapter.extra_info("Which digit is it?", [img])
+    resp = tok("The digit is 4.", add_special_tokens=False)["input_ids"] + [tok.convert_tokens_to_ids("<|im_end|>")]
+    data = verl.DataProto.from_dict(
+        tensors={"prompts": torch.zeros(1, 4, dtype=torch.long), "responses": torch.tensor([resp]),
+                 "attention_mask": torch.ones(1, 4 + len(resp), dtype=torch.long)},
+        non_tensors={"data_source": objects(["x"]), "reward_model": objects([{"ground_truth": None}]),
+                     "extra_info": objects([info])})
+    out = manager.loop.run_until_complete(manager.run_single(data))  # verl's worker loop (the manager's executor calls use it)
+    want = alone(service, wire_prompt(31, "Which digit is it?"), "The digit is 4.")
+    assert out["reward_score"] == pytest.approx(want, abs=1e-5)
+    assert out["reward_extra_info"]["mmrm_invalid"] == 0.0
