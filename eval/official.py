@@ -21,6 +21,7 @@ Verdict = str | None
 
 __all__ = [
     "OFFICIAL_SOURCES",
+    "cal_py_order",
     "mj_bench",
     "mm_rlhf_rewardbench",
     "mmrb2",
@@ -72,22 +73,37 @@ def strict(verdicts: Sequence[Verdict], chosen: Sequence[str], categories: Seque
 # VL-RewardBench
 
 
+def cal_py_order(n: int, seed: int = 1234) -> list[int]:
+    """The order ``cal.py`` visits ``n`` inference results in: its ``shuffle_data`` (swap each
+    position with ``random.randint(0, n - 1)``) after ``random.seed(1234)`` in ``main``."""
+    order = list(range(n))
+    rng = random.Random(seed)
+    for i in range(n):
+        j = rng.randint(0, n - 1)
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
 def vl_rewardbench(verdicts: Sequence[Verdict], chosen: Sequence[str], categories: Sequence[str],
                    dedupe: Sequence[str] | None = None) -> dict[str, Any]:
     """``cal.py`` with one inference per pair (``k=1``): a pair is *agree* when the verdict names the
     chosen response, *reject* when it names the other, *doesntMatch* otherwise (a tie, an invalid or
     unparseable answer). Per category ``agree / (agree + reject)``: unparsed pairs leave the
     denominator. Overall = pooled over general, hallucination and reasoning; macro = mean of the
-    three (``None`` when one has no parsed pair, where ``cal.py`` raises ZeroDivisionError).
+    three. Where ``cal.py`` divides by zero (a category, or one source dataset of it, without a
+    parsed pair: it raises ZeroDivisionError) the category's number is computed over what it has,
+    and ``None`` when it has no parsed pair (then the macro is ``None`` too).
 
-    ``dedupe``: a content key per pair; ``cal.py`` keys pairs by id + query + responses and counts a
-    repeated key once (the first here, in file order).
+    ``dedupe``: ``cal.py``'s key per pair (id + query + responses); at ``k=1`` a repeated key counts
+    once, the first in ``cal.py``'s shuffled order (:func:`cal_py_order`). Pass the whole file in file
+    order. (The released 1,250 rows have no repeated key.)
     """
     agree: dict[str, int] = {c: 0 for c in ("general", "hallucination", "reasoning")}
     reject = dict.fromkeys(agree, 0)
     unparsed = dict.fromkeys(agree, 0)
     seen: set[str] = set()
-    for i, (v, c, cat) in enumerate(zip(verdicts, chosen, categories)):
+    for i in (cal_py_order(len(verdicts)) if dedupe is not None else range(len(verdicts))):
+        v, c, cat = verdicts[i], chosen[i], categories[i]
         if dedupe is not None:
             if dedupe[i] in seen:
                 continue
@@ -103,6 +119,7 @@ def vl_rewardbench(verdicts: Sequence[Verdict], chosen: Sequence[str], categorie
         "categories": {c: {"accuracy": per[c], "agree": agree[c], "reject": reject[c], "unparsed": unparsed[c]}
                        for c in agree},
         "unparsed": sum(unparsed.values()),
+        "repeats_left_out": len(verdicts) - len(seen) if dedupe is not None else 0,
     }
 
 

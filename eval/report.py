@@ -61,7 +61,8 @@ def build_report(
         for r in recs:
             it = by_key.get((r["benchmark"], r["pair_key"]))
             if it is not None and it.chosen == r["chosen"]:
-                fresh.append({**r, "category": it.category, "subset": it.subset, "group": it.group, "index": it.index})
+                fresh.append({**r, "category": it.category, "subset": it.subset, "group": it.group, "index": it.index,
+                              "meta": it.meta})
         recs = fresh
         if n_items is None:
             n_items = len(items)
@@ -166,7 +167,8 @@ def _official(bench: str, orig: list[dict[str, Any]], verdicts: list[Any], chose
     out: dict[str, Any] = {"script": O.OFFICIAL_SOURCES.get(bench, "generic: pooled accuracy (a tie or invalid is wrong)"),
                            "strict": O.strict(verdicts, chosen, cats)}
     if bench == "vl-rewardbench":
-        out.update(O.vl_rewardbench(verdicts, chosen, cats, dedupe=[r["pair_key"].split("~")[0] for r in orig]))
+        out.update(O.vl_rewardbench(verdicts, chosen, cats, dedupe=[(r.get("meta") or {}).get("cal_key") or r["pair_key"]
+                                                                    for r in orig]))
     elif bench == "mm-rlhf-rewardbench":
         out.update(O.mm_rlhf_rewardbench(verdicts, chosen, cats, [g if g is not None else r["pair_key"]
                                                                   for g, r in zip(groups, orig)]))

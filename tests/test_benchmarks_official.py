@@ -123,8 +123,15 @@ def _vlrb_release_rows() -> list[dict]:
 def _cal_py(items: list[dict], k: int = 1) -> dict:
     """vl-rewardbench/VL_RewardBench cal.py @ 6f64385: distribution(reparse=True) lines 57-101,
     classify lines 140-170, distribution_dataset lines 176-217 (k = 1, no LLM re-parse)."""
+    def shuffle_data(data: list) -> list:  # lines 40-45, after random.seed(1234) in main()
+        for i in range(len(data)):
+            j = random.randint(0, len(data) - 1)
+            data[i], data[j] = data[j], data[i]
+        return data
+
+    random.seed(1234)
     distribution: dict = {}
-    for item in items:
+    for item in shuffle_data(list(items)):
         key = item["id"] + item["query"] + "\t".join(sorted(item["response"]))
         dataset = item["image_path"].split("/")[1]
         ranking = item["ranking"]
@@ -198,6 +205,27 @@ def test_vl_rewardbench_unparsed_only_category_has_no_official_macro(tmp_path: P
     off = report_of(items, [judge_result(it, o) for it, o in zip(items, outcomes)])["official"]
     assert off["categories"]["reasoning"]["accuracy"] is None and off["macro_accuracy"] is None
     assert off["overall_accuracy"] == 1.0
+
+
+def test_vl_rewardbench_repeated_rows_count_once_in_cal_py_order(tmp_path: Path) -> None:
+    # cal.py keys an answer by id + query + responses: the same pair under another image is one key,
+    # and at k=1 only the first answer in its shuffled order counts
+    base = _vlrb_release_rows()
+    rows = base + [{**base[i], "image_path": base[i]["image_path"].replace(".jpg", "-2.jpg")} for i in (0, 3, 8)]
+    outcomes = [o for *_, o in VLRB_ROWS] + ["wrong", "invalid", "wrong"]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = load_vl_rewardbench(tmp_path / "data.jsonl", media=PH)
+    assert len({it.key for it in items}) == len(rows)  # mmrm scores every row
+    for kind in ("judge", "reward_model"):
+        off = report_of(items, [result_of(kind, it, o) for it, o in zip(items, outcomes)])["official"]
+        inference_out = [{"id": r["id"], "query": r["query"], "response": r["response"], "ranking": r["human_ranking"],
+                          "image_path": r["image_path"],
+                          "meta": {"random_number": 0, "filter_choice": _judge_text(o, r["human_ranking"])}}
+                         for r, o in zip(rows, outcomes)]
+        want = _cal_py(inference_out)
+        assert close(off["overall_accuracy"], want["overall"]) and close(off["macro_accuracy"], want["macro"])
+        assert all(close(off["categories"][c]["accuracy"], a) for c, a in want["per"].items())
+        assert off["repeats_left_out"] == 3
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmrm.eval.items import EvalItem, Order
+from mmrm.eval.items import EvalItem, Order, content_hash
 from mmrm.eval.loaders.assemble import RowPair, assemble
 from mmrm.eval.loaders.media import MediaOptions, media_key
 from mmrm.eval.loaders.rows import Source, need
@@ -106,8 +106,11 @@ def _row(row: dict[str, Any], where: str) -> RowPair:
     src, category = vlrb_source(str(row["id"]), row.get("image_path"))
     # inference_hf.py's output carries no image: a missing reference (refused, or a marked placeholder)
     ref = image if image is not None else f"(no image in the row; id {row['id']})"
+    # cal.py counts one answer per id + query + responses (distribution(), its `id`), image aside
+    cal_key = content_hash(str(row["id"]), text, sorted([chosen, rejected]))
     return RowPair(source_id=str(row["id"]), prompt=text, chosen=chosen, rejected=rejected, category=category,
-                   subset=src, key_parts=(text, chosen, rejected, media_key(image)), prompt_media=(("image", ref),))
+                   subset=src, key_parts=(text, chosen, rejected, media_key(image)), prompt_media=(("image", ref),),
+                   meta={"cal_key": cal_key})
 
 
 def load_vl_rewardbench(
