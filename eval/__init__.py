@@ -6,7 +6,8 @@ plus the human label and categories); the runner scores them with any :class:`~m
 :class:`~mmrm.client.RemoteScorer`), in-process or on Ray Data, appending results to a
 kill-safe :class:`ResultStore` so an interrupted run resumes where it stopped; :func:`build_report` /
 :func:`write_report` compute the metrics (definitions in :mod:`mmrm.eval.metrics`) and the official
-numbers of each benchmark, and write markdown + HTML with plots.
+numbers of each benchmark (exactly as its own script computes them: :mod:`mmrm.eval.official`), and
+write markdown + HTML with plots.
 
 >>> from mmrm.eval import load_benchmark, RewardModelSpec, run_eval, ResultStore, build_report  # doctest: +SKIP
 >>> items = load_benchmark("vl-rewardbench", "data.jsonl", media=MediaOptions(image_root="images/"))  # doctest: +SKIP
