@@ -205,11 +205,17 @@ def _value_head_file(facts: Facts) -> str | None:
     return next((n for n in VALUE_HEAD_FILES if n in facts.files), None)
 
 
+def _has_value_head(facts: Facts) -> bool:
+    return _value_head_file(facts) is not None or VALUE_HEAD_KEYS[0] in facts.weights
+
+
 def _plan_value_head(facts: Facts) -> Plan:
     # TRL's AutoModelForCausalLMWithValueHead (trl/models/modeling_value_head.py, v0.x): the value of
     # every position is v_head(hidden_states[-1]); LLaMA-Factory's and Skywork's scoring code read it
     # at attention_mask.sum(-1) - 1 of the processor's chat template, trailing newline included.
-    hf = _value_head_file(facts)
+    # LLaMA-Factory splits the head into value_head.*; TRL's own save_pretrained leaves it among the
+    # backbone's weights (v_head.summary.* beside the model's keys).
+    hf = _value_head_file(facts) or facts.weight_files.get(VALUE_HEAD_KEYS[0])
     if hf is None:
         raise ConfigError(f"the value_head layout needs one of {', '.join(VALUE_HEAD_FILES)}; {facts.path} has "
                           f"{', '.join(facts.files)}", field="value_head")
@@ -282,10 +288,11 @@ LAYOUTS: tuple[Layout, ...] = (
            lambda f: "mmrm_reward.json" in f.files, _plan_mmrm),
     Layout("docreward", "DocReward (Qwen2.5-VL + value head, <|regression|> pooling)",
            f"value_head.bin/.safetensors and the {REGRESSION_TOKEN} token in the tokenizer",
-           lambda f: _value_head_file(f) is not None and REGRESSION_TOKEN in f.added_tokens, _plan_docreward),
+           lambda f: _has_value_head(f) and REGRESSION_TOKEN in f.added_tokens, _plan_docreward),
     Layout("value_head", "TRL / LLaMA-Factory value head (Skywork-VL-Reward)",
-           "value_head.safetensors or value_head.bin (v_head.summary.weight [1, H], v_head.summary.bias [1])",
-           lambda f: _value_head_file(f) is not None, _plan_value_head),
+           "value_head.safetensors or value_head.bin (or, as TRL saves it, in the model weights): "
+           "v_head.summary.weight [1, H], v_head.summary.bias [1]",
+           _has_value_head, _plan_value_head),
     Layout("openrlhf", "OpenRLHF reward model",
            "config.json value_head_prefix / normalize_reward (or architectures RewardModel) and a "
            "{value_head_prefix}.weight [1, H] tensor", _is_openrlhf, _plan_openrlhf),

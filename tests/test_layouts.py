@@ -253,6 +253,22 @@ def test_layout_scores_as_its_authors(published, key, layout, ref, convs):
     assert rm.rewards([_sample(*convs[0])]) == pytest.approx(got[:1], abs=ATOL)
 
 
+def test_trl_value_head_inside_the_model_weights(published, tmp_path):
+    """TRL's own save_pretrained keeps v_head.summary.* among the backbone's weights (no value_head file)."""
+    from safetensors.torch import load_file, save_file
+
+    path = _copy(published["trl_text"], tmp_path / "trl-inline")
+    head = torch.load(str(path / "value_head.bin"), weights_only=True)
+    (path / "value_head.bin").unlink()
+    sd = load_file(str(path / "model.safetensors")) | head
+    save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
+    rm = RewardModel.from_pretrained(path, device="cpu")
+    assert rm.config.source == "value_head"
+    got = rm.rewards([_sample(u, r) for u, r in TEXT_CONVS])
+    (path / "value_head.bin").write_bytes((published["trl_text"] / "value_head.bin").read_bytes())  # for the reference
+    _assert_close(got, ref_skywork(path, TEXT_CONVS))
+
+
 def test_skywork_pools_the_template_newline_and_default_system_turn(published):
     rm = RewardModel.from_pretrained(published["skywork"], device="cpu")
     text = rm.processor.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
