@@ -21,6 +21,7 @@ Verdict = str | None
 
 __all__ = [
     "OFFICIAL_SOURCES",
+    "REWARDBENCH_PRIOR_SETS",
     "cal_py_order",
     "mj_bench",
     "mm_rlhf_rewardbench",
@@ -42,7 +43,8 @@ OFFICIAL_SOURCES: dict[str, str] = {
                               "(extract_judgment, compute_acc)",
     "rewardbench": "allenai/reward-bench scripts/run_rm.py (results = [1 if chosen > rejected else 0 ...]), "
                    "scripts/run_generative.py @ 00bfce4 (process_shuffled: error -> 0.5), "
-                   "rewardbench/utils.py calculate_scores_per_section",
+                   "rewardbench/utils.py calculate_scores_per_section, "
+                   "analysis/get_benchmark_results.py @ 0972ad3 (get_average_over_rewardbench: prior sets)",
     "mmrb2": "facebookresearch/MMRB2 evaluate/compute_scores/compute_accuracy.py @ 1a09882 (compute_task_accuracy, "
              "evaluate_all_tasks)",
     "mj-bench": "MJ-Bench/MJ-Bench reward_models/metric_alignment.py @ eaa92ef (get_pred: no answer -> 0.5; "
@@ -200,15 +202,22 @@ def rewardbench_sections(subset_accuracy: dict[str, float], example_counts: dict
     return out
 
 
+#: The prior preference sets the paper table averages (``get_average_over_rewardbench``'s ``pref_columns``).
+REWARDBENCH_PRIOR_SETS: tuple[str, ...] = ("anthropic_helpful", "anthropic_hhh", "shp", "summarize")
+
+
 def rewardbench(verdicts: Sequence[Verdict], chosen: Sequence[str], subsets: Sequence[str], kind: str,
                 example_counts: dict[str, int], sections: dict[str, Sequence[str]]) -> dict[str, Any]:
-    """Subset accuracies (mean of the per-pair results), count-weighted sections, and the score:
-    the mean of the four sections.
+    """Subset accuracies (mean of the per-pair results), count-weighted sections, and two scores.
 
-    mmrm reports that mean, the leaderboard's formula over the four sections, and not the paper
-    table's score that adds the prior preference sets at weight 0.5: the run scripts never compute
-    that one, and the prior sets are not part of the filtered split the sections are defined on
-    (their subsets are reported with their accuracies, outside the sections)."""
+    ``score`` is the mean of the four sections: the number the run scripts' sections give, and the
+    paper table's score when no prior set is in the run. ``score_with_prior_sets`` is the paper
+    table's (``analysis/get_benchmark_results.py`` @ 0972ad3, ``get_average_over_rewardbench``):
+    the four sections weighted 2 and the prior sets weighted 1 (the column "Prior Sets (0.5
+    weight)": the mean of the present ones of anthropic_helpful, anthropic_hhh, shp, summarize);
+    ``None`` when none of them was run. mmrm's headline is ``score``, because RewardBench's filtered
+    split (what ``rewardbench`` loads by default) has no prior sets, and with them absent the two
+    formulas agree."""
     res = rewardbench_results(verdicts, chosen, kind)
     sub: dict[str, list[float]] = {}
     for r, s in zip(res, subsets):
@@ -216,7 +225,11 @@ def rewardbench(verdicts: Sequence[Verdict], chosen: Sequence[str], subsets: Seq
     sub_acc = {s: sum(v) / len(v) for s, v in sub.items()}
     sec = rewardbench_sections(sub_acc, example_counts, sections)
     empty = [s for s, subs in sections.items() if not any(x in sub_acc for x in subs)]
+    prior = [sub_acc[s] for s in REWARDBENCH_PRIOR_SETS if s in sub_acc]
+    prior_mean = float(np.mean(prior)) if prior else None
+    with_prior = None if prior_mean is None else (2 * sum(sec.values()) + prior_mean) / (2 * len(sec) + 1)
     return {"subsets": sub_acc, "sections": sec, "score": float(np.mean(list(sec.values()))),
+            "prior_sets": prior_mean, "score_with_prior_sets": with_prior,
             "empty_sections": empty, "tie_credit": 0.5 if kind == "judge" else 0.0}
 
 

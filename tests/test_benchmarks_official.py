@@ -415,6 +415,14 @@ def test_rewardbench_reward_model_official_numbers_equal_run_rm(tmp_path: Path) 
     assert set(off["subsets"]) == set(subs) and all(close(off["subsets"][s], a) for s, a in subs.items())
     assert all(close(off["sections"][s], v) for s, v in sections.items()) and off["sections"]["Safety"] == 0
     assert close(off["score"], sum(sections.values()) / 4) and off["empty_sections"] == ["Safety"]
+    # analysis/get_benchmark_results.py @ 0972ad3, get_average_over_rewardbench: the paper table's score
+    import numpy as np
+
+    pref = np.array([[subs.get(s, np.nan) for s in ("anthropic_helpful", "anthropic_hhh", "shp", "summarize")]])
+    prior = np.nanmean(pref, axis=1)[0]
+    final = np.array([[*sections.values(), prior]])
+    paper = np.ma.average(np.ma.masked_array(final, np.isnan(final)), axis=1, weights=[2, 2, 2, 2, 1]).filled(np.nan)[0]
+    assert close(off["prior_sets"], prior) and close(off["score_with_prior_sets"], float(paper))
 
 
 def test_rewardbench_generative_judge_official_numbers_equal_run_generative(tmp_path: Path) -> None:
