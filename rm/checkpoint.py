@@ -37,7 +37,8 @@ ADAPTER_DIR = "adapter"
 class HeadConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    type: HeadType = Field(default="mlp2", description="linear or mlp2 (Linear-SiLU-Linear).")
+    type: HeadType = Field(default="mlp2", description="linear, mlp2 (Linear-SiLU-Linear) or dense_tanh "
+                           "(Linear(H, H)-tanh-Linear, MM-RLHF's).")
     hidden_size: int = Field(gt=0, description="Width of the backbone's last hidden state.")
     inner_size: int | None = Field(default=None, gt=0, description="Width of mlp2's inner layer.")
 
