@@ -269,6 +269,24 @@ def test_trl_value_head_inside_the_model_weights(published, tmp_path):
     _assert_close(got, ref_skywork(path, TEXT_CONVS))
 
 
+def test_entry_points_load_layouts(published, tmp_path):
+    """RewardFn and `mmrm score` go through from_pretrained, so they detect layouts too."""
+    from typer.testing import CliRunner
+
+    from mmrm.cli import app
+    from mmrm.rl.reward_fn import RewardFn
+
+    path = published["openrlhf"]
+    want = ref_openrlhf(path, TEXT_CONVS)
+    fn = RewardFn.from_checkpoint(path, device="cpu")
+    _assert_close(fn([u for u, _ in TEXT_CONVS], [r for _, r in TEXT_CONVS]), want)
+    f = tmp_path / "in.jsonl"
+    f.write_text("".join(json.dumps({"prompt": u, "response": r}) + "\n" for u, r in TEXT_CONVS))
+    out = CliRunner().invoke(app, ["score", str(path), "--input", str(f), "--device", "cpu"])
+    assert out.exit_code == 0, out.output
+    _assert_close([json.loads(line)["value"] for line in out.stdout.splitlines() if line.startswith("{")], want)
+
+
 def test_skywork_pools_the_template_newline_and_default_system_turn(published):
     rm = RewardModel.from_pretrained(published["skywork"], device="cpu")
     text = rm.processor.apply_chat_template([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
