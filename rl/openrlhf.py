@@ -5,14 +5,17 @@ route). The service side is :mod:`mmrm.serve.compat.openrlhf`; this module holds
 side needs: the exact body OpenRLHF sends (:func:`request_body`), and how to size the service so a
 run never meets the queue limit (:func:`size_service`, :func:`check_service`).
 
-Matched against OpenRLHF/OpenRLHF main at ``3c3be6234e0cb353e76bb8019947db9dfe99fca7`` (2026-08-13):
+Checked against OpenRLHF 0.11.2 (the released wheel; first read at commit
+``3c3be6234e0cb353e76bb8019947db9dfe99fca7``), and run with its own code in
+``tests/test_rl_clients.py``:
 
 * ``openrlhf/utils/agent.py::SingleTurnAgentExecutor.execute`` scores each sample as soon as it is
   generated: ``_fetch_rewards_via_http([query], [prompt], [label])``, ONE query per request, where
   ``query = tokenizer.decode(prompt_ids + response_ids, skip_special_tokens=False)``.
-* ``_fetch_rewards_via_http`` splits the query list over the URLs given (comma-separated): with one
-  query, the FIRST URL gets it and every other URL gets ``{"query": [], ...}``. Several URLs
-  therefore do not spread the load: put replicas behind one URL.
+* ``--reward.remote_url`` is split at commas (``cli/train_ppo_ray.py``). ``_fetch_rewards_via_http``
+  shards a query list over the URLs, skips empty shards, and takes each shard's URL from a
+  ``cycle`` over them, so one-query requests rotate across the URLs: several URLs do spread the
+  load (one URL in front of Serve's replicas works as well).
 * Each POST uses aiohttp with a 180 s total timeout and is tried 5 times, 1 s apart, on ANY failure
   (4xx included), ignoring ``Retry-After``; then the sample is left without a reward.
 * ``vllm_engine.generate_responses`` starts the ``n_samples_per_prompt`` samples of a prompt
@@ -20,11 +23,18 @@ Matched against OpenRLHF/OpenRLHF main at ``3c3be6234e0cb353e76bb8019947db9dfe99
   (``--rollout.vllm_generate_batch_size``, default ``--rollout.batch_size``) at once. So up to
   ``generate_batch_size * n_samples_per_prompt`` reward requests can be in flight together.
 
-**Images.** OpenRLHF's VLM prompts carry image placeholders, not pixels. mmrm's ``/get_reward``
-accepts an extra key beside ``query``: ``"images": [[source, ...] | source | null, ...]``, one entry
-per query, filling the placeholders in order (or, with none, going in front of the first user
-turn). Stock OpenRLHF does not send it; a custom agent (``--train.agent_func_path``) or a patched
-``_fetch_rewards_via_http`` can, with :func:`request_body`. The plain text form works unchanged.
+**Images.** OpenRLHF's VLM prompts carry image placeholders, not pixels, and 0.11.2's reward paths
+send none: ``_fetch_rewards_via_http`` posts ``query``/``prompts``/``labels`` only, a custom
+``reward_func(queries, prompts, labels)`` file gets no images, and an agent instance
+(``MultiTurnAgentExecutor``) sees only the observation text and label. The one place that has a
+sample's ``images`` is the executor's ``execute``; :mod:`mmrm.rl.openrlhf_agent` is an executor
+(OpenRLHF's single-turn one, subclassed) that adds them to its reward request: pass its file as
+``--train.agent_func_path``. mmrm's ``/get_reward`` accepts an extra key beside ``query``:
+``"images": [[source, ...] | source | null, ...]``, one entry per query, filling the placeholders in
+order (or, with none, going in front of the first user turn); :func:`request_body` builds it.
+Without it, a query with image placeholders is an item failure (``invalid_input`` naming
+``images[i]``, the placeholder count as its limit, and this limit in its message): the fill value
+under ``on_invalid: fill``. The plain text form works unchanged.
 
 **Failures.** A ``null`` reward would crash OpenRLHF's ``torch.tensor``, so the service never sends
 one on this route. Default (``compat.openrlhf.on_invalid: error``): a failed item fails the request
@@ -46,15 +56,21 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mmrm.rl.reward_fn import media_source
 from mmrm.rm import service_defaults
 
-__all__ = ["CLIENT_TIMEOUT_S", "OPENRLHF_COMMIT", "Sizing", "check_service", "request_body", "size_service"]
+__all__ = ["AGENT_FILE", "CLIENT_TIMEOUT_S", "OPENRLHF_COMMIT", "OPENRLHF_RELEASE", "Sizing", "check_service", "request_body", "size_service"]
 
-#: The OpenRLHF commit whose remote-reward client this module was matched against.
+#: The OpenRLHF commit whose remote-reward client this module was first matched against.
 OPENRLHF_COMMIT = "3c3be6234e0cb353e76bb8019947db9dfe99fca7"
+#: The OpenRLHF release whose client code this module was checked against (tests/test_rl_clients.py).
+OPENRLHF_RELEASE = "0.11.2"
+#: The file to pass as OpenRLHF's ``--train.agent_func_path`` (:mod:`mmrm.rl.openrlhf_agent`; importing
+#: that module needs OpenRLHF, naming its file does not).
+AGENT_FILE = str(Path(__file__).with_name("openrlhf_agent.py"))
 #: OpenRLHF's aiohttp total timeout per reward request, its tries, and the pause between tries.
 CLIENT_TIMEOUT_S = 180.0
 CLIENT_TRIES = 5

@@ -8,7 +8,7 @@ the file and builds its ``AgentExecutor()`` with no arguments)::
 
     MMRM_BASE_URL=http://rm.internal:8000 \\
     python -m openrlhf.cli.train_ppo_ray ... \\
-        --train.agent_func_path $(python -c 'import mmrm.rl.openrlhf_agent as m; print(m.__file__)')
+        --train.agent_func_path $(python -c 'import mmrm.rl.openrlhf as m; print(m.AGENT_FILE)')
 
 (set ``MMRM_BASE_URL``, and ``MMRM_API_TOKEN`` if the service wants a token, in the Ray job's
 environment, e.g. ``ray job submit --runtime-env-json '{"env_vars": {...}}'``). Everything else is

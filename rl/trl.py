@@ -51,12 +51,15 @@ from typing import Any, Literal
 
 from mmrm.rl.reward_fn import RewardBatch, RewardFn, RewardUnavailable
 
-__all__ = ["TRL_COMMIT", "trl_reward_func"]
+__all__ = ["TRL_COMMIT", "TRL_RELEASE", "trl_reward_func"]
 
 log = logging.getLogger("mmrm.reward")
 
 #: The huggingface/trl commit whose GRPOTrainer this adapter was matched against.
 TRL_COMMIT = "f2cd57710ae345ea6428ae95363267fcf38a3dc8"
+#: The TRL release whose GRPOTrainer runs this adapter in the tests (tests/test_grpo.py: sync and async,
+#: in process and through the service, with images); ``_calculate_rewards`` there was re-read for this.
+TRL_RELEASE = "1.16.0"
 
 _TRL_KWARGS = ("completion_ids", "trainer_state", "log_extra", "log_metric", "environments")
 

@@ -1,28 +1,38 @@
-"""verl custom reward functions backed by mmrm, and verl's reward-model path against mmrm's ``/classify``.
+"""verl custom reward functions backed by mmrm (and where verl's other reward paths stand).
 
-Matched against volcengine/verl main at ``b178a3cd56f58b2d502255daba591e92833930a7`` (2026-01-29):
+For a VLM run, or to score GRPO groups together, use the reward manager
+:class:`mmrm.rl.verl_manager.MmrmRewardManager` instead: it reads each sample's images from the
+batch itself. The functions here are verl's ``custom_reward_function`` path.
+
+Checked against verl 0.9.1 (the released wheel; first read at commit
+``b178a3cd56f58b2d502255daba591e92833930a7``), and run with its own code in
+``tests/test_verl_manager.py``:
 
 * ``verl/trainer/ppo/reward.py::get_custom_reward_fn`` loads ``custom_reward_function.name`` from the
   file ``custom_reward_function.path`` and merges ``custom_reward_function.reward_kwargs`` into every
   call's keyword arguments; an ``async def`` function (``inspect.iscoroutinefunction``) is awaited.
-* ``verl/workers/reward_manager/naive.py`` and ``verl/experimental/reward_loop/reward_manager/naive.py``
-  call ``compute_score(data_source=, solution_str=, ground_truth=, extra_info=)`` once per sample
-  (the reward loop adds ``reward_router_address=`` and ``reward_model_tokenizer=`` when a reward
-  model is enabled, and runs sync functions in an executor); ``solution_str`` is the decoded
-  response only (special tokens skipped), ``ground_truth`` is ``reward_model.ground_truth``,
-  ``extra_info`` is the dataset row's ``extra_info`` dict (plus ``num_turns`` and
-  ``rollout_reward_scores``). The result is a number, or a dict with ``"score"`` whose other keys
-  become ``reward_extra_info`` lists (so every sample must return the same keys).
-* ``verl/workers/reward_manager/batch.py`` calls ``compute_score(data_sources=, solution_strs=,
-  ground_truths=, extra_infos=, **reward_kwargs)`` once per batch and expects a list.
+* The reward loop registers five managers (``verl/experimental/reward_loop/reward_manager/``):
+  ``naive``, ``rate_limited``, ``dapo``, ``gdpo`` and ``remote``; ``reward_manager.name=batch``
+  fails with "Unknown reward manager: batch". ``naive``, ``dapo``, ``gdpo`` and ``rate_limited`` call
+  ``compute_score(data_source=, solution_str=, ground_truth=, extra_info=)`` once per sample and
+  await an async function (a sync one runs in an executor); ``remote`` runs a SYNC function in Ray
+  actors and asserts that it is not async, so use :func:`compute_score` there, never
+  :func:`compute_score_async`. ``solution_str`` is the decoded response only (special tokens
+  skipped), ``ground_truth`` is ``reward_model.ground_truth``, ``extra_info`` is the dataset row's
+  ``extra_info`` dict (plus ``num_turns`` and ``rollout_reward_scores``). The result is a number, or
+  a dict with ``"score"`` whose other keys become ``reward_extra_info`` lists (so every sample must
+  return the same keys).
+* :func:`compute_score_batch` has NO caller in verl 0.9.1 (no batch manager is registered); it is
+  kept for your own batched calls (lists in, a list out).
 
-**How images (and the prompt) travel.** verl hands a reward function the response text only, so the
-prompt and its images ride in the row's ``extra_info``: ``extra_info["mmrm_prompt"]`` (a string or
-chat messages, image parts allowed) and ``extra_info["mmrm_images"]`` (a list of image sources:
-data URIs, base64, paths under the service's allowed roots, URLs; or ``{"bytes", "path"}`` dicts as
-parquet stores images). Build them with :func:`extra_info` in the dataset preprocessing script.
-Without ``mmrm_prompt`` the ``question`` key (verl's gsm8k/geo3k preprocessors write it) is used, and
-``images`` without ``mmrm_images``. A row with neither prompt key fails (see the policy below).
+**How images (and the prompt) travel on this path.** verl hands a reward function the response
+text only, so the prompt and its images ride in the row's ``extra_info``:
+``extra_info["mmrm_prompt"]`` (a string or chat messages, image parts allowed) and
+``extra_info["mmrm_images"]`` (a list of image sources: data URIs, base64, paths under the service's
+allowed roots, URLs; or ``{"bytes", "path"}`` dicts as parquet stores images). Build them with
+:func:`extra_info` in the dataset preprocessing script. Without ``mmrm_prompt`` the ``question``
+key (verl's gsm8k/geo3k preprocessors write it) is used, and ``images`` without ``mmrm_images``. A
+row with neither prompt key fails (see the policy below).
 
 **Failure policy (verl needs a number).** ``on_invalid="raise"`` (default): a sample without a
 reward raises :class:`~mmrm.rl.reward_fn.RewardUnavailable` with its reason, which stops verl's
@@ -31,28 +41,30 @@ log a WARNING with the reason, and count it (``RewardFn.stats.fallbacks_by_kind`
 ``return_dict=True`` (default) every result is ``{"score": s, "mmrm_invalid": 0.0 | 1.0}``, so the
 fallbacks are also visible per sample in verl's ``reward_extra_info``.
 
-**Zero-code use.** This module's own :func:`compute_score`, :func:`compute_score_async` and
-:func:`compute_score_batch` read their settings from ``reward_kwargs``::
+**Zero-code use.** This module's own :func:`compute_score` and :func:`compute_score_async` read
+their settings from ``reward_kwargs``::
 
-    custom_reward_function.path=$(python -c 'import mmrm.rl.verl as m; print(m.__file__)')
-    custom_reward_function.name=compute_score_async
-    +custom_reward_function.reward_kwargs.mmrm_url=http://rm.internal:8000
-    +custom_reward_function.reward_kwargs.mmrm_model=rm-small
-    +custom_reward_function.reward_kwargs.mmrm_on_invalid=fallback
-    +custom_reward_function.reward_kwargs.mmrm_fallback=0.0
+    reward.custom_reward_function.path=$(python -c 'import mmrm.rl.verl as m; print(m.__file__)')
+    reward.custom_reward_function.name=compute_score_async
+    +reward.custom_reward_function.reward_kwargs.mmrm_url=http://rm.internal:8000
+    +reward.custom_reward_function.reward_kwargs.mmrm_model=rm-small
+    +reward.custom_reward_function.reward_kwargs.mmrm_on_invalid=fallback
+    +reward.custom_reward_function.reward_kwargs.mmrm_fallback=0.0
 
 (``mmrm_judge`` + ``mmrm_rubric`` for a served judge, ``mmrm_checkpoint`` for an in-process reward
 model, ``mmrm_hybrid=true`` for ``I(match) + (1 - I(match)) * sigmoid(r)`` against
 ``ground_truth``.) The bearer token comes from ``$MMRM_API_TOKEN``.
 
-**verl's reward-model path** (``reward_model.enable=true`` without a custom function):
-``RewardLoopWorker.compute_score_disrm`` renders the conversation with the reward model's tokenizer
-and POSTs ``{"model", "input", "activation": false}`` to ``/classify``, reading
-``data[-1]["probs"][-1]``; mmrm serves that route (:mod:`mmrm.serve.compat.vllm_classify`, tested with
-verl's exact request). That text carries no pixels (mmrm refuses a rendered text with image
-placeholders), so multimodal rewards go through the custom function above. At the commit above
-verl starts its own reward servers for this path; the custom function is how to use an external
-mmrm service.
+**verl's reward-model path** (``reward.reward_model.enable=true`` without a custom function) cannot
+reach an outside mmrm: at 0.9.1 ``RewardLoopManager`` always starts verl's own reward servers and
+router (``RewardModelManager``) and takes the address from them; ``RewardModelConfig`` has no
+setting for an address of a server started elsewhere. (The request it sends,
+``RewardLoopWorker.compute_score_disrm``: the conversation rendered with the reward model's
+tokenizer, POSTed as ``{"model", "input", "use_activation": false}`` to ``/classify``, reading
+``data[-1]["probs"][-1]``; mmrm serves that route, :mod:`mmrm.serve.compat.vllm_classify`, tested
+with verl's exact request, for a setup that puts mmrm behind that address itself.) That text carries
+no pixels either. The working alternative is :class:`~mmrm.rl.verl_manager.MmrmRewardManager` (or
+the functions above), with ``reward.reward_model.enable`` left off.
 """
 
 from __future__ import annotations
@@ -68,6 +80,7 @@ from mmrm.rl.shaping import Shaping
 
 __all__ = [
     "VERL_COMMIT",
+    "VERL_RELEASE",
     "VerlReward",
     "compute_score",
     "compute_score_async",
@@ -78,8 +91,10 @@ __all__ = [
 
 log = logging.getLogger("mmrm.reward")
 
-#: The volcengine/verl commit whose call signatures this adapter was matched against.
+#: The volcengine/verl commit whose call signatures this adapter was first matched against.
 VERL_COMMIT = "b178a3cd56f58b2d502255daba591e92833930a7"
+#: The verl release whose reward loop this adapter was checked against (tests/test_verl_manager.py).
+VERL_RELEASE = "0.9.1"
 PROMPT_KEY = "mmrm_prompt"
 IMAGES_KEY = "mmrm_images"
 
@@ -183,7 +198,8 @@ class VerlReward:
 
     def compute_score_batch(self, data_sources: Sequence[Any] = (), solution_strs: Sequence[str] = (),
                             ground_truths: Sequence[Any] = (), extra_infos: Sequence[Any] = (), **kwargs: Any) -> list[Any]:
-        """verl's ``BatchRewardManager`` shape: lists in, a list out (one scoring call per batch)."""
+        """Lists in, a list out (one scoring call). verl 0.9.1 has no caller for it: its reward loop
+        registers no ``batch`` manager."""
         n = len(solution_strs)
         infos = list(extra_infos) if len(extra_infos) else [{}] * n
         gts = list(ground_truths) if len(ground_truths) else [None] * n
@@ -240,5 +256,5 @@ async def compute_score_async(data_source: Any = None, solution_str: str = "", g
 
 def compute_score_batch(data_sources: Sequence[Any] = (), solution_strs: Sequence[str] = (),
                         ground_truths: Sequence[Any] = (), extra_infos: Sequence[Any] = (), **kwargs: Any) -> list[Any]:
-    """For ``reward_model.reward_manager=batch``: lists in, a list out."""
+    """Lists in, a list out, configured by ``reward_kwargs``; verl 0.9.1 never calls it (no ``batch`` manager)."""
     return from_reward_kwargs(kwargs).compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos, **kwargs)

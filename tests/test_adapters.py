@@ -11,8 +11,9 @@ Sources matched (read from each project's main branch):
   ``verl/trainer/ppo/reward.py::get_custom_reward_fn`` (``_call_with_kwargs`` /
   ``_call_with_kwargs_async`` merge ``reward_kwargs``), the naive managers' per-sample
   ``compute_score(data_source=, solution_str=, ground_truth=, extra_info=)`` (the reward loop adds
-  ``reward_router_address=``, ``reward_model_tokenizer=``), the batch manager's
-  ``compute_score(data_sources=, solution_strs=, ground_truths=, extra_infos=)``, and
+  ``reward_router_address=``, ``reward_model_tokenizer=``), the legacy batch manager's
+  ``compute_score(data_sources=, solution_strs=, ground_truths=, extra_infos=)`` (verl 0.9.1's reward loop
+  registers no batch manager; see tests/test_verl_manager.py), and
   ``RewardLoopWorker._preprocess_reward_inputs`` + ``compute_score_disrm`` + ``_post_request``
   (``/classify``).
 * OpenRLHF: OpenRLHF/OpenRLHF ``3c3be6234e0cb353e76bb8019947db9dfe99fca7`` (2026-08-13):
@@ -97,7 +98,10 @@ def test_trl_failed_sample_is_none_and_logged_all_failed_raises(rm, caplog):
 
 
 def test_trl_async_variant_is_detected_by_both_trl_versions(rm):
+    import trl
     from trl.trainer.utils import is_async_callable
+
+    assert trl.__version__ == trl_adapter.TRL_RELEASE  # the release the adapter's docstring was checked on
 
     func = trl_reward_func(RewardFn(rm), asynchronous=True, name="mmrm_async")
     assert inspect.iscoroutinefunction(func) and is_async_callable(func) and func.__name__ == "mmrm_async"

@@ -59,7 +59,9 @@ mmrm's choices:
 * mmrm extension: ``images`` beside ``query``, one entry per query: a list of image sources (any
   form :mod:`mmrm.rm.media` accepts), a single source, or null. They fill the prompt's image
   placeholders in order; a prompt with no placeholder gets them in front of its first user turn.
-  OpenRLHF itself does not send images (its VLM prompts carry only placeholders).
+  OpenRLHF 0.11.2 itself does not send images (its VLM prompts carry only placeholders); its
+  executor subclass :mod:`mmrm.rl.openrlhf_agent` does. A query with placeholders and no images is
+  an item failure whose message names that limit (under the route's ``on_invalid``).
 * ``labels`` are kept on the request (``req.labels``) for reference-guided judges; reward models
   ignore them.
 
