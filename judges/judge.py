@@ -275,7 +275,8 @@ class Judge:
     def _preset_mode(self, want: str, refs: Sequence[ResponseLike | None] | None) -> PresetRunner:
         assert self.preset is not None and self.runner is not None
         if self.preset.mode != want:
-            use = "compare()" if self.preset.mode == "pairwise" else "score()"
+            use = ("compare(), or rank() with rank_strategy 'anchor', 'bradley_terry' or 'knockout'"
+                   if self.preset.mode == "pairwise" else "score()")
             raise ConfigError(f"preset {self.preset.name!r} is {self.preset.mode}; use {use}", field="preset", limit=self.preset.mode)
         if refs is not None and any(r is not None for r in refs):
             raise ConfigError(f"preset {self.preset.name!r} takes no reference answers", field="references")

@@ -87,8 +87,9 @@ def _reference_probs(model_dir: Path, user_text: str, images: list[str], suffix:
 
 
 def _reference(model_dir: Path, user_text: str, images: list[str], suffix: str, labels: tuple[str, ...],
-               top_k: int = 20) -> tuple[dict[str, float], bool]:
-    """(P(label) as in :func:`_reference_probs`, whether every label token ranks in the top ``top_k``)."""
+               top_k: int = 20) -> tuple[dict[str, float], dict[str, float]]:
+    """(P(label) as in :func:`_reference_probs`, P(label) counting only its tokens that rank in the top ``top_k``:
+    what a server that returns ``top_k`` logprobs can see)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     proc = AutoProcessor.from_pretrained(model_dir)
@@ -101,12 +102,12 @@ def _reference(model_dir: Path, user_text: str, images: list[str], suffix: str, 
         probs = torch.softmax(model(**inputs).logits[0, -1].float(), dim=-1)
     tok = proc.tokenizer
     top = set(torch.topk(probs, top_k).indices.tolist())
-    out, inside = {}, True
+    out, seen = {}, {}
     for lab in labels:
         ids = [i for i in range(len(tok)) if i not in tok.all_special_ids and tok.decode([i]).strip() == lab]
         out[lab] = float(probs[ids].sum())
-        inside = inside and all(i in top for i in ids)
-    return out, inside
+        seen[lab] = float(sum(probs[i] for i in ids if i in top))
+    return out, seen
 
 
 def _pair_inputs(p: Pair, first, second) -> tuple[str, str, str, list[str]]:
@@ -237,6 +238,9 @@ def test_self_consistency_mean_probability_vote_and_agreement() -> None:
     assert ab["vote"] == "A" and ba["vote"] == "B"  # 2 of 3 samples pick the first shown; in BA that is B
     assert ab["agreement"] == pytest.approx(2 / 3) and ab["valid_samples"] == 3
     assert r.value == pytest.approx(0.5 * (mean_first + (1 - mean_first)))
+    [short] = Judge("r1_reward", b, JudgeOptions(seed=10, max_reasoning_chars=8, min_label_mass=0.0)).compare([PAIRS[0]])
+    rec = short.details["per_order"][0]["samples"][0]
+    assert rec["reasoning"] == "</think>" and rec["reasoning_truncated_from"] == len("<think>seed 10</think>")  # bounded: its tail
 
 
 class TextOnly:

@@ -3,9 +3,11 @@
 The server is the session's ``vllm_server`` (tests/conftest.py) on the tiny Qwen2-VL judge model
 whose label tokens are lifted into the top 20 (``build_judge_model``): a server returns at most 20
 top logprobs, so the test first checks, with a plain transformers forward over the whole vocabulary,
-that every label token ranks in the top 20 at each verdict position after the reasoning, and then
-compares the server's label probabilities with that forward directly (raw probabilities and their
-mass, not renormalized within the top k).
+that every label token ranks in the top 20 at each verdict position after the fixed reasoning, and
+then compares the server's label probabilities with that forward directly (raw probabilities and
+their mass). After a reasoning the model generated itself some label tokens fall outside the top 20,
+so there the comparison is of the renormalized in-top-20 mass: the reference counts only the label
+tokens in its own top 20, exactly what the server can return.
 """
 
 from __future__ import annotations
@@ -47,9 +49,9 @@ def test_vllm_teacher_forced_verdict_equals_plain_forward(backend, vllm_judge_mo
         assert r.provenance.engine == "openai" and r.details["path"] == "probability"
         for entry, (first, second) in zip(r.details["per_order"], ((p.response_a, p.response_b), (p.response_b, p.response_a))):
             q, a1, a2, images = _pair_inputs(p, first, second)
-            ref, in_top = _reference(vllm_judge_model, preset.template.format(question=q, answer1=a1, answer2=a2), images,
-                                     REASONING + "<answer>", ("1", "2"))
-            assert in_top  # every label token ranks in the top 20, so the server's top 20 show all of them
+            ref, seen = _reference(vllm_judge_model, preset.template.format(question=q, answer1=a1, answer2=a2), images,
+                                   REASONING + "<answer>", ("1", "2"))
+            assert seen == pytest.approx(ref, rel=1e-6)  # every label token ranks in the top 20, so the server's top 20 show all of them
             [sample] = entry["samples"]
             assert sample["mass"] == pytest.approx(ref["1"] + ref["2"], abs=ATOL)
             z = ref["1"] + ref["2"]
@@ -59,10 +61,10 @@ def test_vllm_teacher_forced_verdict_equals_plain_forward(backend, vllm_judge_mo
 
 
 def _tag(backend: OpenAIJudgeBackend, text: str) -> tuple[str, int]:
-    """Four characters of ``text`` (at their first occurrence, not at its start) after which the labels are single tokens."""
+    """Four characters of ``text`` (at their first occurrence, after its start) after which the labels are single tokens."""
     from mmrm.rm.errors import ConfigError
 
-    for at in range(4, len(text) - 4):
+    for at in range(1, len(text) - 4):
         tag = text[at:at + 4]
         if text.index(tag) != at:
             continue
@@ -91,8 +93,8 @@ def test_vllm_generates_to_the_stop_string_then_reads_the_slot(backend, vllm_jud
     rec = r.details["per_order"][0]["samples"][0]
     assert rec["reasoning"] == text[:cut]  # the server stopped at the tag and said so (stop_reason)
     user = base["template"].format(question=prompt, answer1="yes", answer2="no")
-    ref, in_top = _reference(vllm_judge_model, user, [], text[:cut] + tag, ("1", "2"))
-    assert in_top
-    z = ref["1"] + ref["2"]
-    assert rec["mass"] == pytest.approx(z, abs=ATOL)
-    assert r.details["per_order"][0]["probs"]["A"] == pytest.approx(ref["1"] / z, abs=ATOL)
+    _, seen = _reference(vllm_judge_model, user, [], text[:cut] + tag, ("1", "2"))
+    z = seen["1"] + seen["2"]
+    assert z > 0  # at least one label token is in the top 20
+    assert rec["mass"] == pytest.approx(z, abs=ATOL)  # renormalized in-top-20 mass, as the server sees it
+    assert r.details["per_order"][0]["probs"]["A"] == pytest.approx(seen["1"] / z, abs=ATOL)
