@@ -65,8 +65,8 @@ class CheckpointConfig(BaseModel):
         default=None, description="How LoRA weights are stored: merged into the backbone, or in adapter/."
     )
     strip_end: bool = Field(
-        default=True, description="Strip trailing whitespace of the rendered conversation (mmrm, OpenRLHF, "
-        "sequence classification); value-head layouts pool the template's trailing newline and keep it.")
+        default=True, description="Strip trailing whitespace of the rendered conversation (mmrm, OpenRLHF); "
+        "value-head and sequence-classification layouts pool the template's trailing newline and keep it.")
     suffix: str = Field(
         default="", description="Text appended to the rendered conversation: a token the layout pools "
         "(DocReward's <|regression|>); empty for none.")

@@ -19,8 +19,8 @@ Skywork-VL-Reward)         ``v_head.summary.bias`` [1]                  .sum(-1)
 ``docreward``              as ``value_head`` (``value_head.bin``)       an appended ``<|regression|>``
 ``openrlhf``               ``{value_head_prefix}.weight`` [1, H],       last real token; reward
                            no bias, beside the base model's weights     ``(r - mean) / std`` if normalized
-``sequence_classification``  ``score.weight`` [1, H] (``*ForSequence-   last real token
-                           Classification``, VLM ones included)
+``sequence_classification``  ``score.weight`` [1, H] (``*ForSequence-   last real token of the
+                           Classification``, VLM ones included)       unstripped chat template
 =========================  ==========================================  ==================================
 """
 
@@ -264,10 +264,13 @@ def _plan_seq_cls(facts: Facts) -> Plan:
         raise ConfigError(f"a sequence-classification reward model must have one label: {wkey} has shape "
                           f"{list(shape)}, expected [1, {facts.hidden_size}]", field="num_labels", limit=1)
     bias = "score.bias" if "score.bias" in facts.weights else None
+    # transformers' *ForSequenceClassification pools the last non-pad token of what it is given;
+    # TRL's RewardTrainer (trl/trainer/reward_trainer.py, 1.16: tokenize_fn) trains on
+    # apply_chat_template of the whole conversation, nothing stripped, so that is what is scored.
     return Plan("sequence_classification", facts.architecture, "base", facts.hidden_size,
-                head_file=facts.weight_files.get(wkey), head_weight=wkey, head_bias=bias,
-                pooling="last real token (transformers' last non-pad token)",
-                template="chat template, trailing whitespace stripped")
+                head_file=facts.weight_files.get(wkey), head_weight=wkey, head_bias=bias, strip_end=False,
+                pooling="last real token (transformers' last non-pad token), the template's trailing newline included",
+                template="chat template over the whole conversation, no generation prompt, nothing stripped")
 
 
 def _plan_mmrm(facts: Facts) -> Plan:

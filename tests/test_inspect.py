@@ -22,7 +22,7 @@ runner = CliRunner()
     ("docreward", "docreward", "value_head.bin: v_head.summary.weight [1, 128]", "<|regression|>"),
     ("openrlhf", "openrlhf", "no bias) from model.safetensors: value_head.weight [1, 128]; reward (r - 0.25) / 2.5",
      "<|im_end|>"),
-    ("seq_cls_vl", "sequence_classification", "score.weight [1, 128]", "<|im_end|>"),
+    ("seq_cls_vl", "sequence_classification", "score.weight [1, 128]", "Ċ"),
 ])
 def test_inspect_reports_each_layout(published, key, layout, head, pool):
     r = runner.invoke(app, ["inspect", str(published[key]), "--json"])

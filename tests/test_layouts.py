@@ -201,7 +201,8 @@ def ref_seq_cls_vl(path: Path, convs) -> list[float]:
     """A VLM sequence classifier as transformers' ``*ForSequenceClassification.forward`` pools
     (e.g. Qwen2ForSequenceClassification in transformers 5: the last non-pad token of each row,
     ``(arange * (input_ids != pad)).argmax(-1)``) over ``score(last_hidden_state)``; the text is the
-    chat template with trailing whitespace stripped (the seq-cls convention of mmrm's docs)."""
+    whole chat template, nothing stripped, as TRL's RewardTrainer (trl/trainer/reward_trainer.py,
+    1.16, ``tokenize_fn``) trains such models."""
     import transformers as tf
     from safetensors import safe_open
 
@@ -212,7 +213,7 @@ def ref_seq_cls_vl(path: Path, convs) -> list[float]:
     texts, images = [], []
     for user, response in convs:
         msgs, imgs = _ref_messages(user, response)
-        texts.append(proc.apply_chat_template(msgs, tokenize=False).rstrip())
+        texts.append(proc.apply_chat_template(msgs, tokenize=False))
         images += imgs
     inputs = proc(text=texts, images=images, padding=True, return_tensors="pt")
     pad = proc.tokenizer.pad_token_id

@@ -686,7 +686,8 @@ def test_sequence_classification_checkpoint(tiny_qwen2, tmp_path):
     got = rm.rewards(TEXT_SAMPLES)
     for s, v in zip(TEXT_SAMPLES, got):
         msgs = [{"role": m.role, "content": m.content} for m in s.messages]
-        ids = tok(tok.apply_chat_template(msgs, tokenize=False).rstrip(), return_tensors="pt", add_special_tokens=False)
+        # what TRL's RewardTrainer trains seq-cls models on: the whole template, nothing stripped
+        ids = tok(tok.apply_chat_template(msgs, tokenize=False), return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
             logit = float(model(**ids).logits[0, 0])
         assert abs(logit) > 1e-3
