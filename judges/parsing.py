@@ -158,6 +158,7 @@ def apply_rule(rule: "ParseRule", reply: str) -> str:
     """The verdict text that ``rule`` reads from ``reply`` (the judge's own reply only).
 
     ``rule.after``: only the text after the LAST occurrence of that marker is read (missing -> error).
+    ``rule.remove``: those strings are deleted from the text read (after the cut), in order.
     ``rule.occurrence``: ``unique`` needs every match to name the same verdict; ``first`` / ``last``
     take that match. Raises :class:`AnswerError` with the reason when nothing (or no single verdict)
     is found.
@@ -168,6 +169,8 @@ def apply_rule(rule: "ParseRule", reply: str) -> str:
         if at < 0:
             raise AnswerError(f"reply has no {rule.after!r} (truncated?): {reply[-60:]!r}")
         text = reply[at + len(rule.after):]
+    for gone in rule.remove:
+        text = text.replace(gone, "")
     found = [m.group("v").strip() for m in rule.regex().finditer(text)]
     if not found:
         where = f" after {rule.after!r}" if rule.after else ""

@@ -73,6 +73,8 @@ class ParseRule(_Strict):
 
     after: str | None = Field(default=None, description="Read only the text after the LAST occurrence of this marker "
                               "('</think>': an answer inside the reasoning is not read); the marker missing -> invalid.")
+    remove: list[str] = Field(default_factory=list, description="Strings deleted from the text before matching, in order "
+                              "(VL-RewardBench's cal.py reads response.replace('\\n', '').replace('*', '')).")
     pattern: str = Field(min_length=1, description="Python regular expression with one group `v`, the verdict text.")
     flags: list[Literal["IGNORECASE", "DOTALL", "MULTILINE"]] = Field(default_factory=list, description="re flags of `pattern`.")
     occurrence: Literal["unique", "first", "last"] = Field(
