@@ -29,21 +29,28 @@ SPECIAL_TOKENS = [
     "<|video_pad|>",
 ]
 
-# A Qwen-style ChatML template. Media parts render as the vision placeholders that the Qwen2-VL
-# processor expands into one pad token per visual token.
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "<|im_start|>{{ message['role'] + '\\n' }}"
-    "{%- if message['content'] is string -%}{{ message['content'] }}"
-    "{%- else -%}{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'text' -%}{{ part['text'] }}"
-    "{%- elif part['type'] in ['image', 'image_url'] -%}<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif part['type'] in ['video', 'video_url'] -%}<|vision_start|><|video_pad|><|vision_end|>"
-    "{%- endif -%}{%- endfor -%}{%- endif -%}"
-    "<|im_end|>{{ '\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant{{ '\\n' }}{%- endif -%}"
-)
+def chat_template(default_system: str | None = None) -> str:
+    """A Qwen-style ChatML template. Media parts render as the vision placeholders that the Qwen2-VL
+    processor expands into one pad token per visual token. ``default_system``: a system turn put
+    first when the conversation has none (as Qwen2.5-VL-Instruct's own template does)."""
+    first = ("{%- if loop.first and message['role'] != 'system' -%}<|im_start|>system\n" + default_system
+             + "<|im_end|>{{ '\\n' }}{%- endif -%}") if default_system else ""
+    return (
+        "{%- for message in messages -%}" + first
+        + "<|im_start|>{{ message['role'] + '\\n' }}"
+        "{%- if message['content'] is string -%}{{ message['content'] }}"
+        "{%- else -%}{%- for part in message['content'] -%}"
+        "{%- if part['type'] == 'text' -%}{{ part['text'] }}"
+        "{%- elif part['type'] in ['image', 'image_url'] -%}<|vision_start|><|image_pad|><|vision_end|>"
+        "{%- elif part['type'] in ['video', 'video_url'] -%}<|vision_start|><|video_pad|><|vision_end|>"
+        "{%- endif -%}{%- endfor -%}{%- endif -%}"
+        "<|im_end|>{{ '\\n' }}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}<|im_start|>assistant{{ '\\n' }}{%- endif -%}"
+    )
+
+
+CHAT_TEMPLATE = chat_template()
 
 _WORDS = (
     "the a an is are was be of to in on at for with by from and or not no yes this that these those "

@@ -24,27 +24,14 @@ from pathlib import Path
 from typing import Literal
 
 from mmrm.rm.layouts import REGRESSION_TOKEN, VALUE_HEAD_KEYS
-from mmrm.rm.tiny import build_tiny_model
+from mmrm.rm.tiny import build_tiny_model, chat_template
 
 __all__ = ["QWEN2_5_VL_TEMPLATE", "build_docreward", "build_openrlhf", "build_value_head",
            "build_vl_sequence_classification"]
 
 #: The shape of Qwen2.5-VL-Instruct's chat template: a default system turn when the conversation
 #: has none, ``<|im_end|>\n`` after every turn, vision placeholders for media parts.
-QWEN2_5_VL_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if loop.first and message['role'] != 'system' -%}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{%- endif -%}"
-    "<|im_start|>{{ message['role'] + '\\n' }}"
-    "{%- if message['content'] is string -%}{{ message['content'] }}"
-    "{%- else -%}{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'text' -%}{{ part['text'] }}"
-    "{%- elif part['type'] in ['image', 'image_url'] -%}<|vision_start|><|image_pad|><|vision_end|>"
-    "{%- elif part['type'] in ['video', 'video_url'] -%}<|vision_start|><|video_pad|><|vision_end|>"
-    "{%- endif -%}{%- endfor -%}{%- endif -%}"
-    "<|im_end|>{{ '\\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant{{ '\\n' }}{%- endif -%}"
-)
+QWEN2_5_VL_TEMPLATE = chat_template("You are a helpful assistant.")
 
 
 #: the standard deviation of the random head weights

@@ -83,6 +83,16 @@ def _value_head(path: Path) -> nn.Linear:
 # Reference scorers: the authors' code, transcribed with plain transformers.
 
 
+def _values_at_mask_end(model: nn.Module, head: nn.Linear, inputs) -> list[float]:
+    """TRL's value-head forward (``v_head(hidden_states[-1])``) read as LLaMA-Factory / Skywork /
+    DocReward read it: ``values.gather(-1, attention_mask.sum(-1, keepdim=True) - 1)``."""
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True, return_dict=True, use_cache=False)
+        values = head(out.hidden_states[-1]).squeeze(-1)
+        scores = values.gather(dim=-1, index=inputs["attention_mask"].sum(dim=-1, keepdim=True) - 1).squeeze(-1)
+    return scores.tolist()
+
+
 def ref_skywork(path: Path, convs) -> list[float]:
     """Skywork-VL-Reward-7B's model card (huggingface.co/Skywork/Skywork-VL-Reward-7B, README
     "Running inference"): Qwen2_5_VLForConditionalGeneration wrapped in TRL's
@@ -107,11 +117,7 @@ def ref_skywork(path: Path, convs) -> list[float]:
     kw = {"images": images} if images else {}
     inputs = proc(text=texts, padding=True, return_tensors="pt", **kw) if vision else proc(
         texts, padding=True, return_tensors="pt", add_special_tokens=False)
-    with torch.no_grad():
-        out = model(**inputs, output_hidden_states=True, return_dict=True, use_cache=False)
-        values = head(out.hidden_states[-1]).squeeze(-1)
-        scores = values.gather(dim=-1, index=inputs["attention_mask"].sum(dim=-1, keepdim=True) - 1).squeeze(-1)
-    return scores.tolist()
+    return _values_at_mask_end(model, head, inputs)
 
 
 def ref_docreward(path: Path, docs) -> list[float]:
@@ -154,11 +160,7 @@ def ref_docreward(path: Path, docs) -> list[float]:
             tt[i, :k] = inputs["mm_token_type_ids"][i, :k]
             tt[i, k + 1:] = inputs["mm_token_type_ids"][i, k:]
         inputs["mm_token_type_ids"] = tt
-    with torch.no_grad():
-        out = model(**inputs, output_hidden_states=True, return_dict=True, use_cache=False)
-        values = head(out.hidden_states[-1]).squeeze(-1)
-        scores = values.gather(dim=-1, index=inputs["attention_mask"].sum(dim=-1, keepdim=True) - 1).squeeze(-1)
-    return scores.tolist()
+    return _values_at_mask_end(model, head, inputs)
 
 
 def ref_openrlhf(path: Path, convs) -> list[float]:

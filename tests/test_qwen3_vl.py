@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import image_part, image_uri, pil_image, text_part
 from mmrm.rm.families import QWEN, family_for
 from mmrm.rm.reward_model import RewardModel
-from mmrm.rm.types import Group, Sample
+from mmrm.rm.types import Group
+from test_layouts import _ref_messages, _sample
 
 ATOL = 1e-5
 CONVS = [  # (user parts: text or (height, width, seed) images, response)
@@ -34,11 +34,6 @@ def qwen3_vl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return RewardModel.from_backbone(base, seed=5, device="cpu").save_pretrained(base.parent / "rm")
 
 
-def _sample(user, response) -> Sample:
-    parts = [text_part(c) if isinstance(c, str) else image_part(image_uri(*c)) for c in user]
-    return Sample(prompt=[{"role": "user", "content": parts}], response=response)
-
-
 def _reference(path: Path) -> list[float]:
     import transformers as tf
     from safetensors.torch import load_file
@@ -48,14 +43,7 @@ def _reference(path: Path) -> list[float]:
     h = load_file(str(path / "head.safetensors"))
     out = []
     for user, response in CONVS:
-        content, images = [], []
-        for c in user:
-            if isinstance(c, str):
-                content.append({"type": "text", "text": c})
-            else:
-                content.append({"type": "image"})
-                images.append(pil_image(*c))
-        msgs = [{"role": "user", "content": content}, {"role": "assistant", "content": response}]
+        msgs, images = _ref_messages(user, response)
         text = proc.apply_chat_template(msgs, tokenize=False).rstrip()
         kw = {"images": images} if images else {}
         inputs = proc(text=[text], return_tensors="pt", **kw)
