@@ -18,6 +18,9 @@ Measures (see BENCHMARKS.md for the method and the latest figures):
                 ``POST /pooling`` requests), mmrm ``vllm`` engine vs that raw vLLM, and a GRPO group
                 on the ``vllm`` engine (``rank``) vs its samples scored independently;
 * ``profile``   where mmrm's CPU forward spends its time (torch profiler, by operator kind);
+* ``judge``     a preset judge through a real vLLM server: mmrm's ``compare`` vs the same requests
+                from a plain concurrent client, the reasoning step alone, and the server's own
+                prompt-token and prefix-cache counters per arm (benchmarks/judge_speed.py);
 * ``service``   Ray Serve + HTTP: batch scoring over HTTP vs the raw in-process forward (small);
                 32 concurrent single-sample clients with dynamic batching vs batch size 1 (tiny
                 and small); peak RSS of each replica.
@@ -45,7 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
-ALL = ["matmul", "inproc", "group", "vllm", "vllm_vl", "profile", "service"]
+ALL = ["matmul", "inproc", "group", "vllm", "vllm_vl", "profile", "service", "judge"]
 
 
 def load_rm(ckpt: Path, **kw: Any):
@@ -596,6 +599,12 @@ def measure_service(ckpts: dict[str, Path], args: argparse.Namespace, peak: floa
 
 
 # -------------------------------------------------------------------------------------------- main
+def measure_judge(ckpts: dict[str, Path], args: argparse.Namespace, peak: float) -> dict[str, Any]:
+    import judge_speed  # benchmarks/ is on sys.path
+
+    return judge_speed.measure(C.ROOT, args.workdir, args.rounds, max(4, args.n_tiny // 8))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--measures", default=",".join(ALL), help=f"comma-separated subset of {ALL}")
@@ -624,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
     result["matmul"] = {**peak, "gflops_best": round(peak["best_flops"] / 1e9, 1)}
     fns = {"inproc": measure_inproc, "group": measure_group, "vllm": measure_vllm, "vllm_vl": measure_vllm_vl,
            "profile": measure_profile,
-           "service": measure_service}
+           "service": measure_service, "judge": measure_judge}
     for m in measures:
         if m == "matmul":
             continue
