@@ -40,7 +40,10 @@ Checked against verl 0.9.1 (the released wheel):
 as one group (``/v1/rank`` for a served model: its prompt and images are encoded once); a group
 still short after ``mmrm_group_wait_s`` (verl's chunking split it across workers, or the rollout's
 per-sample reward sent its samples to different workers) is scored item by item (``/v1/score``);
-whatever is ready together goes in one call. Both give the same raw rewards. Each sample's
+whatever is ready together goes in one call. Both give the same raw rewards. Without a reward
+model in verl (the usual setting here), the agent loop sends each finished sample alone to a random
+reward worker: set ``reward.num_workers=1`` so a prompt's samples meet on one worker, and
+``mmrm_group_wait_s`` to cover the spread of their finish times. Each sample's
 ``reward_extra_info`` has ``mmrm_invalid`` (1.0 where the fallback was used) and ``mmrm_grouped``
 (1.0 where it was scored in a whole group).
 

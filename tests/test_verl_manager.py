@@ -96,6 +96,21 @@ def driver(service: dict, tiny_qwen2_vl: Path, verl: Any) -> Any:
         def workers(self) -> int:
             return len(self.manager.reward_loop_workers)
 
+        def score_each(self, data: Any, order: list[int], stagger_s: float) -> list[dict]:
+            """What verl's agent loop does with no reward model in verl (``agent_loop.py::
+            _compute_score``): each finished sample, as its own DataProto, to a reward worker's
+            ``compute_score``; here all to the first worker, one every ``stagger_s`` in ``order``."""
+            import time as _time
+
+            import ray as _ray
+
+            worker = self.manager.reward_loop_workers[0]
+            refs = {}
+            for i in order:
+                refs[i] = worker.compute_score.remote(data[i:i + 1])
+                _time.sleep(stagger_s)
+            return [_ray.get(refs[i]) for i in range(len(data))]
+
     env = {"PYTHONPATH": str(CLIENTS), "MMRM_API_TOKEN": service["token"]}
     actor = VerlDriver.options(runtime_env={"env_vars": env}).remote(config)
     assert ray.get(actor.workers.remote(), timeout=600) == WORKERS
@@ -261,6 +276,27 @@ def test_a_group_split_across_workers_falls_back_to_score(service: dict, tiny_qw
     # (score); the placeholder group never reaches the service (it fails while converting)
     assert requests_total(service, "/v1/rank") - ranks == 1
     assert requests_total(service, "/v1/score") - scores == 2
+
+
+def test_samples_arriving_one_by_one_still_meet_their_group(service: dict, tiny_qwen2_vl: Path, verl: Any,
+                                                            driver: Any) -> None:
+    """verl 0.9.1's usual flow without a reward model in verl: the agent loop sends each finished
+    sample alone to a reward worker. Samples of two groups arriving interleaved, 0.2 s apart, on one
+    worker are scored as their two groups (``/v1/rank``), within ``mmrm_group_wait_s``."""
+    import ray
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen2_vl)
+    groups = [GROUPS[0], GROUPS[2]]
+    data = rollout_batch(verl, tok, groups)
+    want = expected(service, groups)
+    ranks, scores = requests_total(service, "/v1/rank"), requests_total(service, "/v1/score")
+    outs = ray.get(driver.score_each.remote(data, [0, 2, 1, 3], 0.2), timeout=600)
+    for o, w in zip(outs, want):
+        assert o["reward_score"] == pytest.approx(w, abs=1e-5)
+        assert o["reward_extra_info"] == {"mmrm_invalid": 0.0, "mmrm_grouped": 1.0}
+    assert requests_total(service, "/v1/rank") - ranks == 2
+    assert requests_total(service, "/v1/score") - scores == 0
 
 
 # --------------------------------------------------------------------------------------------------
