@@ -607,3 +607,22 @@ def test_classify_refuses_what_vllm_033_refuses(body, field):
     with pytest.raises(InvalidInput) as ei:
         parse_request({"model": "rm", **body})
     assert ei.value.field == field
+
+
+def test_get_reward_placeholders_without_images_are_an_item_failure_that_names_the_limit(caplog):
+    """What stock OpenRLHF 0.11.2 sends for a VLM rollout (placeholders, no ``images``): under
+    ``on_invalid: fill`` the item gets the fill value and its flag, and the WARNING line and the
+    error record name the limit (OpenRLHF's text-only client) and the way out (mmrm's executor)."""
+    query = QWEN_VL_PROMPT.replace("<|image_pad|>", "<|image_pad|>" * 4) + "A cat.<|im_end|>"
+    req = RewardRequest.model_validate({"query": [QWEN_PROMPT + "4<|im_end|>", query],
+                                        "prompts": [QWEN_PROMPT, QWEN_VL_PROMPT]})
+    converted = openrlhf.to_samples(req)
+    assert isinstance(converted[0], Sample) and isinstance(converted[1], InvalidInput)
+    results = [ok(1.0), bad(converted[1])]
+    with caplog.at_level(logging.WARNING):
+        body = openrlhf.to_response(results, on_invalid="fill", fill_value=-1.0, request_id="r9")
+    assert body["rewards"] == [1.0, -1.0] and body["extra_logs"]["mmrm_invalid"] == [0.0, 1.0]
+    (err,) = body["errors"]
+    assert (err["kind"], err["field"], err["limit"]) == ("invalid_input", "images[1]", 1)
+    line = next(r.getMessage() for r in caplog.records if "r9" in r.getMessage())
+    assert "OpenRLHF 0.11.2" in line and "agent_func_path" in line and "limit 1" in line

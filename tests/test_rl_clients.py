@@ -25,6 +25,11 @@ verl's worker is built without ``__init__`` (which loads tokenizers from hub pat
 attributes it reads set, and its ``DataProto`` argument is a stand-in with the fields
 ``_preprocess_reward_inputs`` and ``assemble_rm_scores`` read.
 
+mmrm's own OpenRLHF executor (``mmrm.rl.openrlhf_agent.AgentExecutor``, a subclass of 0.11.2's
+``SingleTurnAgentExecutor``) runs here too, with a VLM processor, and so do checks of what the
+README says about 0.11.2 (URL rotation without empty shards; no images for ``reward_func`` files
+and agent instances).
+
 The tiny models' ``max_length`` is 200 here, so a long rollout is an over-long item. Every test
 compares good items with the same items scored alone (1e-5), checks the fill value and flag of the
 bad ones, and checks that ``mmrm_errors_total`` rose by kind.
