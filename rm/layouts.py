@@ -9,19 +9,17 @@ its head lives, and how its authors' code renders and pools a conversation. :fun
 Nothing here runs or imports a checkpoint's own Python files, and pickled ``.bin`` files are read
 only with ``torch.load(weights_only=True)``.
 
-=========================  ==========================================  ==================================
-layout                     head in the checkpoint                      pooled token
-=========================  ==========================================  ==================================
-``mmrm``                   ``head.safetensors`` + ``mmrm_reward.json``  last real token (template end)
-``value_head``             ``value_head.safetensors`` / ``.bin``:       last real token of the unstripped
-(TRL, LLaMA-Factory,       ``v_head.summary.weight`` [1, H],            chat template (``attention_mask
-Skywork-VL-Reward)         ``v_head.summary.bias`` [1]                  .sum(-1) - 1``)
-``docreward``              as ``value_head`` (``value_head.bin``)       an appended ``<|regression|>``
-``openrlhf``               ``{value_head_prefix}.weight`` [1, H],       last real token; reward
-                           no bias, beside the base model's weights     ``(r - mean) / std`` if normalized
-``sequence_classification``  ``score.weight`` [1, H] (``*ForSequence-   last real token of the
-                           Classification``, VLM ones included)       unstripped chat template
-=========================  ==========================================  ==================================
+* ``mmrm``: ``head.safetensors`` + ``mmrm_reward.json``; the template's end-of-turn token.
+* ``value_head`` (TRL, LLaMA-Factory, Skywork-VL-Reward): ``value_head.safetensors`` / ``.bin``
+  (or TRL's own save: among the model weights) with ``v_head.summary.weight`` [1, H] and
+  ``v_head.summary.bias`` [1]; the last real token of the unstripped chat template
+  (``attention_mask.sum(-1) - 1``).
+* ``docreward``: as ``value_head`` (``value_head.bin``) plus the ``<|regression|>`` token, appended
+  and pooled.
+* ``openrlhf``: a bias-free ``{value_head_prefix}.weight`` [1, H] beside the base model's weights;
+  the last real token; ``(r - mean) / std`` when ``normalize_reward``.
+* ``sequence_classification`` (``*ForSequenceClassification``, VLM ones included): ``score.weight``
+  [1, H]; the last real token of the unstripped chat template.
 """
 
 from __future__ import annotations
