@@ -536,6 +536,14 @@ def test_openrlhf_executor_needs_the_service_address(clients, monkeypatch) -> No
         AgentExecutor()
     monkeypatch.setenv("MMRM_BASE_URL", "http://rm.internal:8000/")
     assert AgentExecutor().reward_endpoints == ["http://rm.internal:8000/get_reward"]
+    # what --train.agent_func_path does with the file the README names (OpenRLHF 0.11.2's own loader)
+    from openrlhf.trainer.ray.vllm_engine import _load_agent_executor
+
+    from mmrm.rl.openrlhf import AGENT_FILE
+
+    ex = _load_agent_executor(AGENT_FILE)
+    assert isinstance(ex, clients.SingleTurnAgentExecutor) and type(ex).__name__ == "AgentExecutor"
+    assert ex.reward_endpoints == ["http://rm.internal:8000/get_reward"] and ex.reward_func is None
 
 
 # --------------------------------------------------------------------------------------------------
