@@ -469,6 +469,8 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, DeploymentHandle],
     @app.post("/v1/rank", response_model=RankResponse, responses=_ERRORS, summary="GRPO groups: raw + normalized")
     async def rank(req: RankRequest, request: Request) -> RankResponse:
         check_count(len(req.groups), "groups")
+        if req.model not in handles and req.model in judges:
+            return await judge_rank(req, request)
         samples: list[Sample | MmrmError] = []
         fields, sizes = [], []
         for i, g in enumerate(req.groups):
@@ -485,6 +487,20 @@ def build_fastapi(cfg: ServiceConfig, handles: dict[str, DeploymentHandle],
             part = flat[k:k + n]
             k += n
             data.append(GroupResult(index=i, results=items(part), normalized=group_result(part, eps=req.eps)))
+        return RankResponse(id=caller_id(request, "rank"), model=req.model, data=data, usage=usage)
+
+    async def judge_rank(req: RankRequest, request: Request) -> RankResponse:
+        """/v1/rank by a served judge: the judge ranks each group itself (its rank_strategy)."""
+        for i, g in enumerate(req.groups):
+            if len(g.responses) > cfg.limits.max_group_size:
+                raise InvalidInput("group too large", field=f"groups[{i}].responses", limit=cfg.limits.max_group_size)
+        await asyncio.to_thread(cost.check, [s for g in req.groups for s in g.samples()], "groups",
+                                what="the responses of all groups")
+        out = await replica_call("/v1/rank", req.model, "ranking",
+                                 judges[req.model].rank.remote(req.model_dump(mode="json"), request.state.request_id, deadline()))
+        per = [[ScoreResult.model_validate(r) for r in g["results"]] for g in out["groups"]]
+        usage = finish("/v1/rank", req.model, [r for g in per for r in g], req.on_item_error)
+        data = [GroupResult(index=i, results=items(g), normalized=out["groups"][i]["normalized"]) for i, g in enumerate(per)]
         return RankResponse(id=caller_id(request, "rank"), model=req.model, data=data, usage=usage)
 
     @app.post("/v1/judge", response_model=JudgeResponse, responses=_ERRORS, summary="Generative judge")

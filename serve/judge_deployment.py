@@ -24,7 +24,7 @@ from mmrm.judges.presets import Preset
 from mmrm.judges.rubrics import Rubric
 from mmrm.rm.errors import InvalidInput, MmrmError
 from mmrm.rm.media import MediaPolicy
-from mmrm.rm.types import Pair, Sample
+from mmrm.rm.types import Group, Pair, Sample
 from mmrm.serve.config import JudgeConfig
 from mmrm.serve.errors import Timeout, to_wire
 
@@ -125,16 +125,41 @@ class JudgeServer:
         this request (a 504 at the ingress, a client that disconnected), the judge's queries that
         have not started are dropped (:class:`StopAware`); only the backend batch already running
         finishes."""
+        return await self._stoppable(self._judge, body, deadline)
+
+    async def rank(self, body: dict[str, Any], request_id: str = "", deadline: float | None = None) -> dict[str, Any]:
+        """Rank ``/v1/rank`` groups with the judge's default rubric or preset, by its configured
+        ``rank_strategy`` (pointwise scores, or pairwise judgments: anchor, bradley_terry, knockout).
+        A strategy whose backend calls exceed ``max_queries`` is refused (422) with the count and the
+        limit. Deadlines and cancellation as in :meth:`judge`."""
+        return await self._stoppable(self._rank, body, deadline)
+
+    async def _stoppable(self, run: Callable[[dict[str, Any], StopAware], Any], body: dict[str, Any],
+                         deadline: float | None) -> dict[str, Any]:
         cancelled = threading.Event()
 
         def abandoned() -> bool:
             return cancelled.is_set() or (deadline is not None and time.time() > deadline)
 
         try:
-            return await self._judge(body, StopAware(self.backend, abandoned, self._chunk))
+            return await run(body, StopAware(self.backend, abandoned, self._chunk))
         except asyncio.CancelledError:
             cancelled.set()  # the worker thread stops before its next backend batch
             raise
+
+    async def _rank(self, body: dict[str, Any], backend: StopAware) -> dict[str, Any]:
+        try:
+            judge = Judge(self.rubrics[self.cfg.default_rubric], backend, self.cfg.judge, check_labels=False)
+            groups = [Group.model_validate(g) for g in body["groups"]]
+            out = await asyncio.to_thread(self._serialized, partial(judge.rank, groups, eps=body.get("eps", 1e-6)))
+        except MmrmError as e:
+            return to_wire(e)
+        for i, g in enumerate(out):
+            for j, r in enumerate(g.results):
+                if not r.ok:
+                    r.field = f"groups[{i}].responses[{j}]"
+        return {"groups": [{"results": [r.model_dump(mode="json") for r in g.results], "normalized": g.normalized} for g in out],
+                "fingerprint": judge.fingerprint}
 
     async def _judge(self, body: dict[str, Any], backend: StopAware) -> dict[str, Any]:
         key = "pairs" if body.get("pairs") is not None else "items"

@@ -1,4 +1,4 @@
-"""A reasoning preset served by ``/v1/judge`` over real HTTP equals the same judge in process.
+"""A reasoning preset served by ``/v1/judge`` and ``/v1/rank`` over real HTTP equals the same judge in process.
 
 The preset is a user's YAML file whose answer tag is text the tiny judge model really writes, so the
 served judge generates its reasoning, stops at the tag, and reads the verdict distribution, on the
@@ -18,14 +18,15 @@ from mmrm.judges import Judge, JudgeOptions
 from mmrm.judges.backends.base import GenRequest
 from mmrm.judges.presets import load_preset
 from mmrm.judges.reasoning import build_query
-from mmrm.rm.types import Message, Pair, as_response
+from mmrm.rm.types import Group, Message, Pair, as_response
 
 pytestmark = pytest.mark.slow
 
 PROMPT = "Compare the two answers."
 PAIRS = [Pair(prompt=PROMPT, response_a="yes", response_b="no"),
          Pair(prompt="Which is the capital of France?", response_a="Paris.", response_b="Lyon, I think.")]
-OPTIONS = {"min_label_mass": 0.0, "reasoning_tokens": 24}
+OPTIONS = {"min_label_mass": 0.0, "reasoning_tokens": 24, "rank_strategy": "bradley_terry"}
+GROUP = Group(prompt=PROMPT, responses=["yes", "no", "maybe"])
 
 
 @pytest.fixture(scope="module")
@@ -55,9 +56,10 @@ def reasoning_app(service: dict, greedy_preset: Path, tiny_qwen2_vl: Path) -> st
 
     from mmrm.serve.app import build_app
 
-    args = {"judges": [{"name": "thinker", "backend": {"type": "hf", "model": str(tiny_qwen2_vl)}, "judge": OPTIONS,
-                        "rubrics": [str(greedy_preset), "r1_reward"], "default_rubric": "greedy_tag", "num_cpus": 1}],
-            "auth": {"token_env": "MMRM_TEST_API_TOKEN"}}
+    judge = {"name": "thinker", "backend": {"type": "hf", "model": str(tiny_qwen2_vl)}, "judge": OPTIONS,
+             "rubrics": [str(greedy_preset), "r1_reward"], "default_rubric": "greedy_tag", "num_cpus": 0.5}
+    capped = {**judge, "name": "capped", "judge": {**OPTIONS, "max_queries": 8}}
+    args = {"judges": [judge, capped], "auth": {"token_env": "MMRM_TEST_API_TOKEN"}}
     serve.run(build_app(args), name="reasoning", route_prefix="/reasoning", blocking=False)
     url = service["url"] + "/reasoning"
     wait_until(lambda: httpx.get(url + "/healthz", timeout=10).status_code == 200, timeout=120, interval=0.5,
@@ -82,3 +84,19 @@ def test_v1_judge_with_a_reasoning_preset_equals_in_process(reasoning_app: str, 
     r2 = httpx.post(reasoning_app + "/v1/judge", json={**body, "rubric": "r1_reward"}, headers=service["headers"], timeout=300)
     assert r2.status_code == 200, r2.text
     assert [d["error_kind"] for d in r2.json()["data"]] == ["budget_exhausted"] * 2
+
+
+def test_v1_rank_with_a_reasoning_preset_equals_in_process(reasoning_app: str, service: dict, hf_backend, greedy_preset: Path) -> None:
+    body = {"model": "thinker", "groups": [GROUP.model_dump(mode="json")]}
+    r = httpx.post(reasoning_app + "/v1/rank", json=body, headers=service["headers"], timeout=300)
+    assert r.status_code == 200, r.text
+    [served] = r.json()["data"]
+    [local] = Judge(greedy_preset, hf_backend, JudgeOptions(**OPTIONS)).rank([GROUP])
+    assert all(x.ok for x in local.results)
+    assert [x["value"] for x in served["results"]] == pytest.approx([x.value for x in local.results], abs=1e-6)
+    assert served["normalized"] == pytest.approx(local.normalized, abs=1e-6)
+    assert served["results"][0]["details"]["backend_calls"] == 3 * 2 * 2  # 3 pairs x 2 orders x (reasoning + read)
+    over = httpx.post(reasoning_app + "/v1/rank", json={**body, "model": "capped"}, headers=service["headers"], timeout=300)
+    assert over.status_code == 422, over.text
+    err = over.json()["error"]
+    assert err["field"] == "max_queries" and err["limit"] == 8 and "needs 12 backend calls" in err["message"]
