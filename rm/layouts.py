@@ -100,6 +100,8 @@ class Plan:
         strip_end: whether trailing whitespace of the rendered conversation is removed.
         suffix: text appended to the rendered conversation (a token the layout pools).
         turn_per_image: a response made only of images renders as one assistant turn per image.
+        eos_if_missing: append ``" " + eos_token`` when the rendered conversation does not end with
+            the tokenizer's eos token (OpenRLHF's reward dataset does).
         pooling: how the authors' code pools, in words.
         template: what the authors' code renders, in words.
     """
@@ -115,6 +117,7 @@ class Plan:
     strip_end: bool = True
     suffix: str = ""
     turn_per_image: bool = False
+    eos_if_missing: bool = False
     pooling: str = "last real token"
     template: str = "the checkpoint's chat template"
 
@@ -250,9 +253,9 @@ def _plan_openrlhf(facts: Facts) -> Plan:
             raise ConfigError(f"config.json std must be positive, it is {norm[1]}", field="config.std")
     wkey = f"{prefix}.weight"
     return Plan("openrlhf", facts.architecture, "base", facts.hidden_size, head_file=facts.weight_files.get(wkey),
-                head_weight=wkey, head_bias=None, normalize=norm,
+                head_weight=wkey, head_bias=None, normalize=norm, eos_if_missing=True,
                 pooling="last real token (last 1 of the attention mask)" + ("; (r - mean) / std" if norm else ""),
-                template="chat template, trailing newlines stripped, ending in the eos token")
+                template="chat template, trailing whitespace stripped, then \" \" + eos unless it already ends with eos")
 
 
 def _plan_seq_cls(facts: Facts) -> Plan:

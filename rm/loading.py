@@ -114,6 +114,12 @@ def _read_tensors(f: Path, keys: list[str]) -> dict[str, torch.Tensor]:
 def plan_config(plan: layouts.Plan, processor: Any) -> ckpt.CheckpointConfig:
     """The checkpoint config a detected layout implies (it has no ``mmrm_reward.json``)."""
     enc = Encoder(processor)
+    suffix = plan.suffix
+    if plan.eos_if_missing:
+        eos = enc.tokenizer.eos_token
+        probe = [Message(role="user", content="x"), Message(role="assistant", content="y")]
+        if eos and not enc.render(probe, strip_end=plan.strip_end).endswith(eos):
+            suffix = " " + eos
     if plan.suffix:
         vocab = enc.tokenizer.get_vocab()
         if plan.suffix not in vocab:
@@ -121,11 +127,11 @@ def plan_config(plan: layouts.Plan, processor: Any) -> ckpt.CheckpointConfig:
                               "checkpoint's tokenizer does not have", field="tokenizer", limit=plan.suffix)
     return ckpt.CheckpointConfig(
         head=ckpt.HeadConfig(type="linear", hidden_size=plan.hidden_size),
-        pool_token=pool_token(enc, strip_end=plan.strip_end, suffix=plan.suffix),
+        pool_token=pool_token(enc, strip_end=plan.strip_end, suffix=suffix),
         max_length=DEFAULT_MAX_LENGTH,
         source=plan.layout,
         strip_end=plan.strip_end,
-        suffix=plan.suffix,
+        suffix=suffix,
         turn_per_image=plan.turn_per_image,
     )
 

@@ -272,6 +272,19 @@ def test_trl_value_head_inside_the_model_weights(published, tmp_path):
     _assert_close(got, ref_skywork(path, TEXT_CONVS))
 
 
+def test_openrlhf_appends_eos_when_the_template_does_not_end_with_it(published, tmp_path):
+    """OpenRLHF's reward dataset appends " " + eos to a text that does not end with eos."""
+    path = _copy(published["openrlhf"], tmp_path / "orl-eos")
+    f = path / "tokenizer_config.json"
+    cfg = json.loads(f.read_text())
+    cfg["eos_token"] = "<|endoftext|>"  # the template ends with <|im_end|>, no longer the eos token
+    f.write_text(json.dumps(cfg))
+    rm = RewardModel.from_pretrained(path, device="cpu")
+    assert rm.config.suffix == " <|endoftext|>" and rm.config.pool_token == "<|endoftext|>"
+    got = rm.rewards([_sample(u, r) for u, r in TEXT_CONVS])
+    _assert_close(got, ref_openrlhf(path, TEXT_CONVS))
+
+
 def test_entry_points_load_layouts(published, tmp_path):
     """RewardFn and `mmrm score` go through from_pretrained, so they detect layouts too."""
     from typer.testing import CliRunner
