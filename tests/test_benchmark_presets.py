@@ -39,6 +39,7 @@ from mmrm.judges import Judge, JudgeOptions, list_presets, load_preset
 from mmrm.judges.backends.base import GenReply
 from mmrm.judges.parsing import AnswerError, pair_verdict
 from mmrm.judges.reasoning import build_query
+from mmrm.rm.media import MediaPolicy
 from mmrm.rm.types import ImagePart, Message, TextPart, as_response
 
 EPS = 1e-9
@@ -429,3 +430,47 @@ def test_multimodal_rewardbench_preset_end_to_end_official_number(tmp_path: Path
         assert abs(off["categories"][c]["accuracy"] - acc) < EPS, c
     assert off["no_winner"] == 2  # the two silent pairs: invalid in mmrm, the script's coin at scoring time
     assert rep["metrics"]["accuracy"]["value"] == pytest.approx(3 / 6)
+
+
+# ------------------------------------------------------------------------------------------------
+# A tiny in-process hf judge (random weights: it writes no verdict) through run_eval
+
+
+def test_multimodal_rewardbench_preset_on_a_tiny_hf_judge_end_to_end(tmp_path: Path, tiny_qwen2_vl: Path) -> None:
+    from mmrm.judges.backends.hf import HFJudgeBackend
+
+    rows = []
+    for i, better in (("vqa-1", "Output1"), ("vqa-2", "Output2"), ("vqa-3", "Output2")):
+        (tmp_path / "images").mkdir(exist_ok=True)
+        Image.new("RGB", (56, 56), (30, 30 * len(rows), 200)).save(tmp_path / f"images/{i}.png")
+        rows.append({"ID": i, "Text": f"What color is square {i}?", "Image": f"images/{i}.png", "Output1": "Blue.",
+                     "Output2": "Red.", "Better": better, "Category": "general"})
+    (tmp_path / "all_data.json").write_text(json.dumps(rows))
+    items = load_multimodal_rewardbench(tmp_path / "all_data.json")
+    backend = HFJudgeBackend(tiny_qwen2_vl, max_batch_size=8, media_policy=MediaPolicy(allowed_roots=[tmp_path]))
+    judge = Judge("multimodal_rewardbench", backend, JudgeOptions(method="text", reasoning_tokens=12))
+    store = ResultStore(tmp_path / "results.jsonl")
+    run_eval(items, judge, store, batch_size=4)
+    recs = {r["source_id"]: r for r in store.records()}
+    assert set(recs) == {r["ID"] for r in rows}
+    rep = build_report(list(recs.values()), items=items, n_resamples=20)
+    # The transcribed script on what this judge wrote: each order's reply read by extract_judgment; a
+    # pair names a winner only when both orders name the same response (mmrm's two orders), else the
+    # script's seeded coin is drawn for it, in file order.
+    rng, accs, no_winner = random.Random(123), [], 0
+    for r in rows:
+        details = (recs[r["ID"]].get("result") or {}).get("details") or {}
+        orders = details.get("orders") or {o["order"]: o for o in details.get("per_order", [])}
+        names = []
+        for order in ("AB", "BA"):
+            [sample] = orders[order]["samples"]
+            assert sample.get("error_kind") in (None, "invalid_output", "budget_exhausted"), sample  # the judge ran
+            pred, coin = extract_judgment(sample["reply"], random.Random(0))
+            names.append(None if coin else (pred if order == "AB" else {"A": "B", "B": "A"}[pred]))
+        label = "B" if r["Better"] == "Output2" else "A"
+        winner = names[0] if names[0] is not None and names[0] == names[1] else None
+        if winner is None:
+            winner, no_winner = ("A" if rng.random() < 0.5 else "B"), no_winner + 1
+        accs.append(int(winner == label))
+    assert abs(rep["official"]["accuracy"] - sum(accs) / len(accs)) < EPS
+    assert rep["official"]["no_winner"] == no_winner and all(rec["has_media"] for rec in recs.values())
