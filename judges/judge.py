@@ -176,13 +176,20 @@ class Judge:
         return m
 
     def _fingerprint(self) -> str:
+        # Settings that cannot change this judge's values stay out, so a rubric judge keeps the
+        # fingerprint it had before presets and rank strategies existed.
+        exclude = {"name", "max_queries", "max_reasoning_chars"}
+        if self.preset is None:
+            exclude |= {"reasoning_tokens", "samples", "sample_temperature", "preset_fallback"}
+        if self.config.rank_strategy == "pointwise":
+            exclude |= {"rank_strategy", "anchor"}
+        spec = {"rubric": self.rubric.fingerprint()} if self.preset is None else {"preset": self.preset.fingerprint()}
         blob = json.dumps(
             {
-                "rubric": self.rubric.fingerprint() if self.preset is None else None,
-                "preset": self.preset.fingerprint() if self.preset is not None else None,
+                **spec,
                 "backend": self.backend.config_fingerprint(),
                 "prompt_template": prompts.PROMPT_TEMPLATE_VERSION,
-                "config": self.config.model_dump(mode="json", exclude={"name", "max_queries"}),
+                "config": self.config.model_dump(mode="json", exclude=exclude),
                 "method": self.method,
             },
             sort_keys=True,

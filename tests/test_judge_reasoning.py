@@ -296,3 +296,29 @@ def test_pointwise_presets_score_from_text() -> None:
     assert d.value == pytest.approx(((4 - 1) / 4 + (2.5 - 1) / 4 + 1.0) / 3)
     with pytest.raises(ConfigError, match="pointwise; use score"):
         judge.compare([PAIRS[0]])
+
+
+def test_pointwise_reasoning_preset_reads_the_expected_score(backend, tiny_qwen2_vl: Path, tmp_path: Path) -> None:
+    """A user's pointwise preset with a 1-5 answer slot: value = (E[score] - 1) / 4 after the reasoning."""
+    spec = {
+        "kind": "preset", "name": "five_point", "description": "A 1-5 rating after reasoning.", "mode": "pointwise",
+        "sources": [{"repo": "example/five-point", "path": "prompt.txt", "commit": "0" * 40}],
+        "template": "Rate the response from 1 to 5.\nQuestion: {question}\nResponse: {response}\n"
+                    "Think in <think></think>, then answer <answer>N</answer>.",
+        "think": True,
+        "slot": {"open": "<answer>", "after": "</think>", "labels": {str(k): str(k) for k in range(1, 6)}},
+        "fields": [{"name": "score", "lo": 1, "hi": 5,
+                    "parse": {"after": "</think>", "pattern": r"<answer>\s*(?P<v>[1-5])\s*</answer>"}}],
+    }
+    path = tmp_path / "five_point.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    sample = Sample(prompt="What is 2 + 2?", response="It is 4.")
+    [r] = Judge(path, FixedReasoning(backend), JudgeOptions(min_label_mass=0.0)).score([sample])
+    assert r.ok and r.details["path"] == "probability"
+    ref = _reference_probs(tiny_qwen2_vl, spec["template"].format(question="What is 2 + 2?", response="It is 4."), [],
+                           REASONING + "<answer>", tuple("12345"))
+    ev = sum(int(k) * p for k, p in ref.items()) / sum(ref.values())
+    assert r.details["expected"]["score"] == pytest.approx(ev, abs=ATOL)
+    assert r.value == pytest.approx((ev - 1) / 4, abs=ATOL)
+    [t] = Judge(path, TextOnly(["<think>fine</think><answer>4</answer>"])).score([sample])  # the same preset, text path
+    assert t.value == pytest.approx(0.75) and t.details["probability"] is False
