@@ -474,3 +474,50 @@ def test_multimodal_rewardbench_preset_on_a_tiny_hf_judge_end_to_end(tmp_path: P
         accs.append(int(winner == label))
     assert abs(rep["official"]["accuracy"] - sum(accs) / len(accs)) < EPS
     assert rep["official"]["no_winner"] == no_winner and all(rec["has_media"] for rec in recs.values())
+
+
+# ------------------------------------------------------------------------------------------------
+# Seeded random replies built from the formats' pieces: mmrm's reading vs the transcribed scripts
+
+
+def _vl_random_reply(rng: random.Random) -> str:
+    def pick(*xs: str) -> str:
+        return rng.choice(xs)
+
+    parts = []
+    for _ in range(rng.randint(1, 3)):
+        parts.append(pick("", "Overall Judgment", "overall judgment", "Therefore", "Overall Judgement", "Overall\nJudgment")
+                     + pick("", ":", " ", "\n", "**", ": -", ":**\n") + pick("Answer", "answer", "**Answer**", "Answer\n")
+                     + pick(" ", "", "\n", "** ") + pick("1", "2", "3", "01", "X") + pick(" ", "", "\n", "**")
+                     + pick("is", "is the", "is slightly", "was") + pick(" better", "\nbetter", " worse", "")
+                     + pick("", ".", " than the other.", '" (quoted).'))
+    return pick("", "Reasoning...\n", "Answer 2 is better, says one reply.\n").join([""] + parts) if parts else ""
+
+
+def test_random_replies_read_as_the_scripts_read_them() -> None:
+    rng = random.Random(20)
+    vl_rule, mm_rule = load_preset("vl_rewardbench").parse, load_preset("multimodal_rewardbench").parse
+    assert vl_rule is not None and mm_rule is not None
+    pattern = r"(?:Overall Judgment|Therefore)\s*.*\s*-*\s*Answer\s*(\d+)\s*is\s*(?:the\s*)?(?:slightly\s*)?better"
+    seen = {"vl": set(), "mm": 0}
+    for _ in range(1500):
+        reply = _vl_random_reply(rng)
+        m = re.search(pattern, reply.replace("\n", "").replace("*", ""), re.IGNORECASE)  # cal.py lines 81-82
+        try:
+            mine = {"first": 1, "second": 2}[pair_verdict(vl_rule, reply)]
+        except AnswerError:
+            mine = None
+        official = int(m.group(1)) if m else None
+        # equal, except where cal.py's number names neither response (deliberately invalid here)
+        assert mine == (official if official in (1, 2) else None), reply
+        seen["vl"].add(official)
+        reply = "".join(rng.choice(["[[", "]]", "[", "]", "A", "B", "a", "C", " ", "\n", "[[A]]", "[[B]]"])
+                        for _ in range(rng.randint(0, 10)))
+        letter, coin = extract_judgment(reply, random.Random(0))
+        try:
+            got = pair_verdict(mm_rule, reply)
+        except AnswerError:
+            got = None
+        assert got == (None if coin else {"A": "first", "B": "second"}[letter]), reply
+        seen["mm"] += not coin
+    assert {None, 1, 2, 3} <= seen["vl"] and seen["mm"] > 300  # the generators do build each kind of verdict
