@@ -165,18 +165,29 @@ def inspect(
 
 @app.command()
 def convert(
-    checkpoint: Path = typer.Argument(..., help="An mmrm reward checkpoint (linear head, merged weights)."),
+    checkpoint: Path = typer.Argument(..., help="An mmrm reward checkpoint (linear head, merged weights), or for "
+                                      "--to llava_onevision an MM-RLHF checkpoint in LLaVA's code layout."),
     dest: Path = typer.Argument(..., help="Directory to write (must not exist or be empty)."),
-    to: str = typer.Option("value_head", help="Target layout: value_head (TRL / LLaMA-Factory, Skywork-VL-Reward's)."),
+    to: str = typer.Option("value_head", help="Target layout: value_head (TRL / LLaMA-Factory, Skywork-VL-Reward's), "
+                           "or llava_onevision (an MM-RLHF-Reward LLaVA-code checkpoint -> transformers' "
+                           "LlavaOnevisionForConditionalGeneration + rm_head.safetensors, mmrm's mm_rlhf layout)."),
 ) -> None:
-    """Export an mmrm checkpoint to a layout other tools load."""
-    from mmrm.rm.convert import export_value_head
+    """Convert a checkpoint: export an mmrm checkpoint to a layout other tools load, or bring an
+    MM-RLHF-Reward checkpoint into transformers' layout."""
     from mmrm.rm.errors import MmrmError
 
-    if to != "value_head":
-        _fail(ValueError(f"unknown target layout {to!r}; choose value_head"))
+    targets = ("value_head", "llava_onevision")
+    if to not in targets:
+        _fail(ValueError(f"unknown target layout {to!r}; choose {' or '.join(targets)}"))
     try:
-        out = export_value_head(checkpoint, dest)
+        if to == "value_head":
+            from mmrm.rm.convert import export_value_head
+
+            out = export_value_head(checkpoint, dest)
+        else:
+            from mmrm.rm.convert_mmrlhf import convert_mm_rlhf
+
+            out = convert_mm_rlhf(checkpoint, dest)
     except MmrmError as e:
         _fail(e)
     typer.echo(str(out))

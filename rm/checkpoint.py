@@ -73,7 +73,7 @@ class CheckpointConfig(BaseModel):
     turn_per_image: bool = Field(
         default=False, description="Render a response made only of images as one assistant turn per image "
         "(DocReward: each document page is its own assistant turn).")
-    source: Literal["mmrm", "sequence_classification", "value_head", "docreward", "openrlhf"] = Field(
+    source: Literal["mmrm", "sequence_classification", "value_head", "docreward", "openrlhf", "mm_rlhf"] = Field(
         default="mmrm", description="The layout the checkpoint was loaded from (mmrm.rm.layouts).")
 
 

@@ -55,6 +55,8 @@ def _head(plan: layouts.Plan, path: Path) -> str:
         inner = f", inner {cfg.head.inner_size or cfg.head.hidden_size}" if cfg.head.type == "mlp2" else ""
         return f"{cfg.head.type} ({cfg.head.hidden_size}{inner}) in {ckpt.HEAD_NAME}"
     keys = ", ".join(f"{k} {list(s)}" for k, s in plan.expected_head().items())
+    if plan.head_type == "dense_tanh":
+        return f"dense_tanh ({plan.hidden_size} -> {plan.hidden_size} -> tanh -> 1) from {plan.head_file}: {keys}"
     out = f"linear ({plan.hidden_size} -> 1{', no bias' if plan.head_bias is None else ''}) from {plan.head_file}: {keys}"
     if plan.normalize is not None:
         out += f"; reward (r - {plan.normalize[0]}) / {plan.normalize[1]}"

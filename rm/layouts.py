@@ -20,6 +20,10 @@ only with ``torch.load(weights_only=True)``.
   the last real token; ``(r - mean) / std`` when ``normalize_reward``.
 * ``sequence_classification`` (``*ForSequenceClassification``, VLM ones included): ``score.weight``
   [1, H]; the last real token of the unstripped chat template.
+* ``mm_rlhf`` (MM-RLHF-Reward, converted by ``mmrm convert --to llava_onevision`` from LLaVA's
+  code layout): ``LlavaOnevisionForConditionalGeneration`` weights plus ``rm_head.safetensors``
+  (``rm_head.dense`` [H, H] -> tanh -> ``rm_head.out_proj`` [1, H]); pooled at
+  ``attention_mask.cumsum(-1)[:, -1] - 1``, the last real token of mmrm's right-padded batches.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ __all__ = ["DOCREWARD_TASK_PROMPT", "LAYOUTS", "Facts", "Layout", "LayoutName", 
 Loader = Literal["mmrm", "causal", "base"]
 
 VALUE_HEAD_FILES = ("value_head.safetensors", "value_head.bin")
+#: where ``mmrm convert --to llava_onevision`` puts MM-RLHF's ``rm_head.*`` tensors.
+MMRLHF_HEAD_FILE = "rm_head.safetensors"
 VALUE_HEAD_KEYS = ("v_head.summary.weight", "v_head.summary.bias")
 REGRESSION_TOKEN = "<|regression|>"
 #: DocReward's task prompt (``demo_inference.py`` of github.com/Junpliu/DocReward, commit 6d0ddaa):
@@ -93,6 +99,8 @@ class Plan:
         backbone_class: the architecture ``config.json`` names.
         loader: which transformers class loads the backbone (see :data:`Loader`).
         head_file: the file holding the head (relative to the checkpoint).
+        head_type: the head's form: ``linear`` (one weight [1, H] and an optional bias [1]) or
+            ``dense_tanh`` (MM-RLHF's four ``rm_head.*`` tensors).
         head_weight: the head's weight tensor name; its shape must be ``[1, hidden_size]``.
         head_bias: the head's bias tensor name (shape ``[1]``), or None for a bias-free head.
         hidden_size: the backbone's hidden size.
@@ -111,6 +119,7 @@ class Plan:
     loader: Loader
     hidden_size: int
     head_file: str | None = None
+    head_type: Literal["linear", "dense_tanh"] = "linear"
     head_weight: str | None = None
     head_bias: str | None = None
     normalize: tuple[float, float] | None = None
@@ -123,6 +132,10 @@ class Plan:
 
     def expected_head(self) -> dict[str, tuple[int, ...]]:
         """Head tensor name -> the shape it must have."""
+        h = self.hidden_size
+        if self.head_type == "dense_tanh":
+            return {"rm_head.dense.weight": (h, h), "rm_head.dense.bias": (h,),
+                    "rm_head.out_proj.weight": (1, h), "rm_head.out_proj.bias": (1,)}
         out: dict[str, tuple[int, ...]] = {}
         if self.head_weight:
             out[self.head_weight] = (1, self.hidden_size)
@@ -282,6 +295,30 @@ def _plan_mmrm(facts: Facts) -> Plan:
                 template="chat template, trailing whitespace stripped")
 
 
+def _is_mm_rlhf(facts: Facts) -> bool:
+    return (MMRLHF_HEAD_FILE in facts.files or "rm_head.dense.weight" in facts.weights
+            or facts.config.get("model_type") == "llava_qwen")
+
+
+def _plan_mm_rlhf(facts: Facts) -> Plan:
+    # MM-RLHF's llava_qwen.py (julyanghar/MM-RLHF, commit 882e67a), LlavaQwenForCausalLM.forward with
+    # rm_forward: rm_head(hidden_states[-1]) read at attention_mask.long().cumsum(-1)[:, -1] - 1.
+    # mmrm pads on the right, where that index is the last real token.
+    if facts.config.get("model_type") == "llava_qwen" or "rm_head.dense.weight" in facts.weights:
+        raise ConfigError(f"{facts.path} is an MM-RLHF checkpoint in LLaVA's own code layout (model_type "
+                          f"{facts.config.get('model_type')!r}); convert it first: mmrm convert {facts.path} DEST "
+                          "--to llava_onevision", field="checkpoint")
+    if MMRLHF_HEAD_FILE not in facts.files:
+        raise ConfigError(f"the mm_rlhf layout needs {MMRLHF_HEAD_FILE}; {facts.path} has {', '.join(facts.files)}",
+                          field=MMRLHF_HEAD_FILE)
+    return Plan("mm_rlhf", facts.architecture, "causal", facts.hidden_size, head_file=MMRLHF_HEAD_FILE,
+                head_type="dense_tanh", strip_end=False,
+                pooling="attention_mask.cumsum(-1)[:, -1] - 1 (the last real token under right padding), "
+                "the template's trailing newline included",
+                template="LLaVA qwen_1_5 ChatML (default system turn, <image> then newline per image), whole "
+                "conversation, no generation prompt, nothing stripped; no critique pass")
+
+
 def _is_openrlhf(facts: Facts) -> bool:
     marked = facts.architecture == "RewardModel" or "value_head_prefix" in facts.config or "normalize_reward" in facts.config
     return marked and f"{_openrlhf_prefix(facts)}.weight" in facts.weights
@@ -290,6 +327,9 @@ def _is_openrlhf(facts: Facts) -> bool:
 LAYOUTS: tuple[Layout, ...] = (
     Layout("mmrm", "mmrm's own checkpoint", "mmrm_reward.json + head.safetensors",
            lambda f: "mmrm_reward.json" in f.files, _plan_mmrm),
+    Layout("mm_rlhf", "MM-RLHF-Reward (LLaVA-OneVision-Qwen2 + rm_head, converted from LLaVA's layout)",
+           f"{MMRLHF_HEAD_FILE} (rm_head.dense [H, H], rm_head.out_proj [1, H]) beside "
+           "LlavaOnevisionForConditionalGeneration weights", _is_mm_rlhf, _plan_mm_rlhf),
     Layout("docreward", "DocReward (Qwen2.5-VL + value head, <|regression|> pooling)",
            f"value_head.bin/.safetensors and the {REGRESSION_TOKEN} token in the tokenizer",
            lambda f: _has_value_head(f) and REGRESSION_TOKEN in f.added_tokens, _plan_docreward),

@@ -18,7 +18,7 @@ from mmrm.rm import checkpoint as ckpt
 from mmrm.rm import layouts
 from mmrm.rm.encode import Encoder
 from mmrm.rm.errors import ConfigError
-from mmrm.rm.heads import HeadType, RewardHead
+from mmrm.rm.heads import HeadType, RewardHead, dense_tanh_state
 from mmrm.rm.options import DEFAULT_MAX_LENGTH, DType, ModelOptions
 from mmrm.rm.types import Message
 
@@ -69,7 +69,8 @@ def load_head(path: Path, cfg: ckpt.CheckpointConfig, dtype: DType = "float32") 
 
 
 def load_plan_head(path: Path, plan: layouts.Plan, dtype: DType = "float32") -> RewardHead:
-    """The head a detected layout stores (:mod:`mmrm.rm.layouts`), as a ``linear`` head in ``dtype``.
+    """The head a detected layout stores (:mod:`mmrm.rm.layouts`), as a ``linear`` (or, for MM-RLHF,
+    ``dense_tanh``) head in ``dtype``.
 
     Every tensor the plan names must be there with its exact shape: a missing or misshapen one is a
     :class:`ConfigError` naming the tensor and both shapes, never a head left at random. A reward
@@ -88,6 +89,10 @@ def load_plan_head(path: Path, plan: layouts.Plan, dtype: DType = "float32") -> 
         if got != shape:
             raise ConfigError(f"{plan.head_file}: {key} has shape {list(got)}, expected {list(shape)}", field=key,
                               limit=list(shape))
+    if plan.head_type == "dense_tanh":
+        head = RewardHead(plan.hidden_size, "dense_tanh")
+        head.load_state_dict({k: v.float() for k, v in dense_tanh_state(tensors).items()})
+        return head.to(DTYPES[dtype])
     head = RewardHead(plan.hidden_size, "linear")
     w = tensors[plan.head_weight].float()  # type: ignore[index]
     b = tensors[plan.head_bias].float() if plan.head_bias else torch.zeros(1)
@@ -126,7 +131,7 @@ def plan_config(plan: layouts.Plan, processor: Any) -> ckpt.CheckpointConfig:
             raise ConfigError(f"the {plan.layout} layout pools the appended token {plan.suffix!r}, which the "
                               "checkpoint's tokenizer does not have", field="tokenizer", limit=plan.suffix)
     return ckpt.CheckpointConfig(
-        head=ckpt.HeadConfig(type="linear", hidden_size=plan.hidden_size),
+        head=ckpt.HeadConfig(type=plan.head_type, hidden_size=plan.hidden_size),
         pool_token=pool_token(enc, strip_end=plan.strip_end, suffix=suffix),
         max_length=DEFAULT_MAX_LENGTH,
         source=plan.layout,

@@ -34,7 +34,7 @@ Truncation = Literal["refuse", "left"]
 Packing = Literal["auto", "on", "off"]
 EngineName = Literal["hf", "vllm"]
 #: the checkpoint layouts :mod:`mmrm.rm.layouts` knows.
-LayoutName = Literal["mmrm", "value_head", "docreward", "openrlhf", "sequence_classification"]
+LayoutName = Literal["mmrm", "value_head", "docreward", "openrlhf", "sequence_classification", "mm_rlhf"]
 
 #: ``max_length`` of a checkpoint that records none (a sequence-classification checkpoint).
 DEFAULT_MAX_LENGTH = 4096
@@ -63,7 +63,7 @@ class ModelOptions(BaseModel):
     vllm: VLLMServer | None = Field(default=None, description="The vLLM server; required with engine: vllm.")
     layout: LayoutName | None = Field(
         default=None, description="hf engine: the checkpoint layout (mmrm, value_head, docreward, openrlhf, "
-        "sequence_classification); None detects it from the files (see `mmrm inspect`).")
+        "sequence_classification, mm_rlhf); None detects it from the files (see `mmrm inspect`).")
     device: str = Field(
         default="auto", description="hf engine: auto (the first CUDA device when there is one, else the CPU), cpu, "
         "cuda or cuda:N. The vllm engine runs only the head here, on the CPU.")
