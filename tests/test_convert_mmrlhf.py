@@ -256,3 +256,24 @@ def test_published_7b_key_names_and_shapes_on_meta():
     head = cm.rm_head(state, config.text_config.hidden_size)
     assert {k: tuple(v.shape) for k, v in head.items()} == {k: tuple(state[k].shape) for k in head}
 
+
+
+def test_a_bin_checkpoint_converts_to_the_same_tensors(llava_code, converted: Path, tmp_path: Path):
+    """LLaVA-code checkpoints saved as ``pytorch_model*.bin`` are read with ``weights_only=True``."""
+    from safetensors.torch import load_file
+
+    src = tmp_path / "bin-src"
+    src.mkdir()
+    for f in llava_code[0].iterdir():
+        if f.suffix != ".safetensors":
+            (src / f.name).write_bytes(f.read_bytes())
+    state = load_file(str(llava_code[0] / "model-00001-of-00001.safetensors"))
+    torch.save(state, src / "pytorch_model.bin")
+    out = cm.convert_mm_rlhf(src, tmp_path / "bin-out")
+    for name in ("model.safetensors", layouts.MMRLHF_HEAD_FILE):
+        a, b = load_file(str(out / name)), load_file(str(converted / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    # a pickle holding more than tensors is refused, not unpickled
+    torch.save({"rm_head.dense.weight": object()}, src / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match="weights_only=True"):
+        cm.convert_mm_rlhf(src, tmp_path / "bin-out2")
