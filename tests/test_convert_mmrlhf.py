@@ -277,3 +277,9 @@ def test_a_bin_checkpoint_converts_to_the_same_tensors(llava_code, converted: Pa
     torch.save({"rm_head.dense.weight": object()}, src / "pytorch_model.bin")
     with pytest.raises(ConfigError, match="weights_only=True"):
         cm.convert_mm_rlhf(src, tmp_path / "bin-out2")
+
+
+def test_inspect_names_the_convert_command_for_the_llava_code_layout(llava_code):
+    r = runner.invoke(app, ["inspect", str(llava_code[0])])
+    assert r.exit_code != 0
+    assert "llava_qwen" in r.output and "--to llava_onevision" in r.output
