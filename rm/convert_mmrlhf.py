@@ -19,8 +19,9 @@ unexpected or misshapen tensor is an error naming it and both shapes.
 
 The output is loaded by mmrm as the ``mm_rlhf`` layout: the LLaVA-OneVision model, its processor
 (the source's tokenizer plus ``<image>`` / ``<video>``, a SigLIP-style image processor with the
-source's grid pinpoints, a Qwen ChatML template with LLaVA's ``qwen_1_5`` default system turn) and
-``rm_head.safetensors`` holding the four ``rm_head.*`` tensors unchanged.
+source's grid pinpoints, and a chat template that renders MM-RLHF's scoring text without a critique,
+:data:`LLAVA_ONEVISION_TEMPLATE`) and ``rm_head.safetensors`` holding the four ``rm_head.*``
+tensors unchanged.
 
 Nothing in the source directory is imported or run; ``.bin`` files are read with
 ``torch.load(weights_only=True)``.
@@ -47,9 +48,43 @@ SIGLIP_VISION: dict[str, dict[str, Any]] = {
                                          "num_hidden_layers": 26, "patch_size": 14, "image_size": 384},
 }
 
-#: LLaVA's ``qwen_1_5`` conversation (ChatML with a default system turn); each image part renders
-#: as ``<image>`` + newline where it stands, as LLaVA puts ``DEFAULT_IMAGE_TOKEN + "\n"``.
+#: The evaluator prompt of MM-RLHF's reward scoring (``make_conv_rm`` in ``llava/eval/eval_mm_reward_bench.py``,
+#: julyanghar/MM-RLHF commit e103c40): the question and the response both go into the user turn.
+MMRLHF_CRITIC_PROMPT = (
+    "You are an unbiased and fair evaluator tasked with assessing the quality of answers provided by a Large "
+    "Multimodal Model (LMM). Given the following question and the LMM's response, please evaluate the correctness, "
+    "clarity, and completeness of the answer. Provide a detailed explanation of your assessment, including specific "
+    "points of strength and areas for improvement.\n\n[Question]: {question}\n[LMM Response]: {answer}\n\n[Evaluation]:"
+)
+
+
+def _jinja_literal(text: str) -> str:
+    """``text`` as a single-quoted Jinja string literal."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+_HEAD, _TAIL = MMRLHF_CRITIC_PROMPT.split("{question}")
+_MID, _END = _TAIL.split("{answer}")
+
+#: The scoring text of that script without a critique (its ``--wo_critic`` pass), as a chat template
+#: over [user (images, question), assistant (response)]: LLaVA's ``qwen_1_5`` ChatML (default system
+#: turn), the user turn ``<image>`` + newline (one per image) + the evaluator prompt stripped, then
+#: an open assistant turn, whose trailing newline is the pooled last token. Any other conversation
+#: renders as plain ChatML.
 LLAVA_ONEVISION_TEMPLATE = (
+    "{%- set ns = namespace(q='', a='', n=0) -%}"
+    "{%- if messages | length > 1 and messages[-1]['role'] == 'assistant' -%}"
+    "{%- for message in messages -%}{%- if message['role'] == 'user' or loop.last -%}"
+    "{%- if message['content'] is string -%}{%- set t = message['content'] -%}{%- else -%}{%- set t = namespace(v='') -%}"
+    "{%- for part in message['content'] -%}{%- if part['type'] == 'text' -%}{%- set t.v = t.v + part['text'] -%}"
+    "{%- elif part['type'] in ['image', 'image_url'] -%}{%- set ns.n = ns.n + 1 -%}{%- endif -%}{%- endfor -%}"
+    "{%- set t = t.v -%}{%- endif -%}"
+    "{%- if loop.last -%}{%- set ns.a = t -%}{%- else -%}{%- set ns.q = ns.q + t -%}{%- endif -%}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- set body = " + _jinja_literal(_HEAD) + " + ns.q + " + _jinja_literal(_MID) + " + ns.a + " + _jinja_literal(_END) + " -%}"
+    "{%- if ns.n > 0 -%}{%- set body = ('<image>\\n' * ns.n) + (body | replace('<image>', '') | trim) -%}{%- endif -%}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{{ body }}<|im_end|>\n<|im_start|>assistant{{ '\\n' }}"
+    "{%- else -%}"
     "{%- for message in messages -%}"
     "{%- if loop.first and message['role'] != 'system' -%}<|im_start|>system\nYou are a helpful assistant.<|im_end|>{{ '\\n' }}{%- endif -%}"
     "<|im_start|>{{ message['role'] + '\\n' }}"
@@ -62,6 +97,7 @@ LLAVA_ONEVISION_TEMPLATE = (
     "<|im_end|>{{ '\\n' }}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}<|im_start|>assistant{{ '\\n' }}{%- endif -%}"
+    "{%- endif -%}"
 )
 
 # LLaVA's config fields that are not Qwen2's (dropped from the text config).

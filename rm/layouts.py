@@ -315,8 +315,9 @@ def _plan_mm_rlhf(facts: Facts) -> Plan:
                 head_type="dense_tanh", strip_end=False,
                 pooling="attention_mask.cumsum(-1)[:, -1] - 1 (the last real token under right padding), "
                 "the template's trailing newline included",
-                template="LLaVA qwen_1_5 ChatML (default system turn, <image> then newline per image), whole "
-                "conversation, no generation prompt, nothing stripped; no critique pass")
+                template="MM-RLHF's scoring text without a critique (eval_mm_reward_bench.py --wo_critic): "
+                "qwen_1_5 ChatML, the user turn <image> + the evaluator prompt holding question and response, "
+                "then an open assistant turn; no critique pass")
 
 
 def _is_openrlhf(facts: Facts) -> bool:

@@ -8,8 +8,11 @@ MM-RLHF's module names, not from mmrm's), with a ``llava_qwen`` config.json and 
 ``rm_head``. The reference reward is MM-RLHF's ``rm_forward`` branch
 (``llava/model/language_model/llava_qwen.py``, julyanghar/MM-RLHF commit 882e67a, LlavaQwenForCausalLM.forward:
 ``rm_head(outputs.hidden_states[-1])`` read at ``attention_mask.long().cumsum(dim=-1)[:, -1] - 1``)
-on a plain transformers forward of that tiny model, with the prompt written out as LLaVA's
-``qwen_1_5`` conversation renders it.
+on a plain transformers forward of that tiny model, with the scoring text of
+``llava/eval/eval_mm_reward_bench.py`` (commit e103c40) without a critique (``--wo_critic``):
+``make_conv_rm`` puts question and response into the evaluator prompt of the user turn, and LLaVA's
+``qwen_1_5`` conversation (ChatML, ``get_prompt`` with the assistant message None) leaves the
+assistant turn open.
 """
 
 from __future__ import annotations
@@ -117,14 +120,41 @@ CASES = [("What is here?", "A red square.", 1), ("Describe the picture in detail
           "It shows noise of many colours spread over the whole frame, nothing else.", 2), ("Count it.", "One.", 3)]
 
 
+# eval_mm_reward_bench.py, make_conv_rm: the evaluator prompt, transcribed
+CRITIC_PROMPT = (
+    "You are an unbiased and fair evaluator tasked with assessing the quality of answers provided by a Large Multimodal Model (LMM). "
+    "Given the following question and the LMM's response, please evaluate the correctness, clarity, and completeness of the answer. "
+    "Provide a detailed explanation of your assessment, including specific points of strength and areas for improvement.\n\n"
+    "[Question]: {question}\n"
+    "[LMM Response]: {answer}\n\n"
+    "[Evaluation]:"
+)
+
+
+def make_conv_rm(prompt: str, answer: str, has_image: bool = True) -> str:
+    text = CRITIC_PROMPT.format(question=prompt, answer=answer)
+    if has_image:
+        text = ("<image>\n" + text.replace("<image>", "").strip()).strip()
+    return text
+
+
+def qwen_1_5_prompt(user: str, assistant: str | None = None) -> str:
+    """LLaVA's conv_qwen (SeparatorStyle.CHATML) get_prompt over one exchange."""
+    system, sep = "<|im_start|>system\nYou are a helpful assistant.", "<|im_end|>"
+    out = system + sep + "\n"
+    for role, message in (("<|im_start|>user", user), ("<|im_start|>assistant", assistant)):
+        out += role + "\n" + message + sep + "\n" if message else role + "\n"
+    return out
+
+
 def _reference(llava_code, dest: Path) -> list[float]:
-    """MM-RLHF's rm_forward on the tiny model: LLaVA qwen_1_5 prompt, right padding, cumsum index."""
+    """MM-RLHF's rm_forward on the tiny model: the wo_critic scoring text, right padding, cumsum index."""
     import transformers as tf
 
     _, model, head, _ = llava_code
     proc = tf.AutoProcessor.from_pretrained(str(dest))
-    texts = [f"<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n{q}<|im_end|>\n"
-             f"<|im_start|>assistant\n{a}<|im_end|>\n" for q, a, _ in CASES]
+    texts = [qwen_1_5_prompt(make_conv_rm(q, a)) for q, a, _ in CASES]
+    assert texts[0].endswith("[Evaluation]:<|im_end|>\n<|im_start|>assistant\n")
     proc.tokenizer.padding_side = "right"
     batch = proc(text=texts, images=[pil_image(*IMG, seed=s) for _, _, s in CASES], return_tensors="pt", padding=True)
     with torch.no_grad():
@@ -283,3 +313,14 @@ def test_inspect_names_the_convert_command_for_the_llava_code_layout(llava_code)
     r = runner.invoke(app, ["inspect", str(llava_code[0])])
     assert r.exit_code != 0
     assert "llava_qwen" in r.output and "--to llava_onevision" in r.output
+
+
+def test_the_template_renders_the_authors_scoring_text(converted: Path):
+    import transformers as tf
+
+    proc = tf.AutoProcessor.from_pretrained(str(converted))
+    text_only = [{"role": "user", "content": "What is 2+2? <b>"}, {"role": "assistant", "content": "  It is 4.  "}]
+    assert proc.apply_chat_template(text_only, tokenize=False) == qwen_1_5_prompt(make_conv_rm("What is 2+2? <b>", "  It is 4.  ", False))
+    with_image = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": " Which digit? "}]},
+                  {"role": "assistant", "content": [{"type": "text", "text": "Seven."}]}]
+    assert proc.apply_chat_template(with_image, tokenize=False) == qwen_1_5_prompt(make_conv_rm(" Which digit? ", "Seven."))
