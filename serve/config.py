@@ -73,7 +73,7 @@ class ModelConfig(ModelOptions):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Model id used in requests.")
     kind: Literal["reward_model"] = "reward_model"
-    checkpoint: Path = Field(description="Reward checkpoint directory (mmrm format or seq-classification).")
+    checkpoint: Path = Field(description="Reward checkpoint directory (mmrm's own, or a published layout: see `mmrm inspect`).")
     vllm: VLLMEngineSettings | None = Field(default=None, description="The vLLM server; required with engine: vllm.")
     batch_wait_timeout_s: float = Field(
         default=0.01, ge=0, le=10, description="How long a dynamic batch waits to fill (max_batch_size items).")
