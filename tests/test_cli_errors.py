@@ -25,9 +25,10 @@ CASES = {
     # command line (FILE: the case's input file), the input, what the error must show literally
     "eval run, unknown benchmark": (["eval", "run", "nope", "FILE", "--checkpoint", "/nonexistent"],
                                     json.dumps(VLRB_ROW), ["unknown benchmark 'nope' [benchmark]",
-                                                           "(limit: ['mm-rlhf-rewardbench'"]),
+                                                           "(limit: ['mj-bench', 'mm-rlhf-rewardbench'"]),
     "eval run, bad row": (["eval", "run", "vl-rewardbench", "FILE", "--checkpoint", "/nonexistent"],
-                          json.dumps(VLRB_ROW), ["does not order the two responses [row 0.ranking]"]),
+                          json.dumps(VLRB_ROW), ["does not order the two responses (2 given; expected [0, 1] or [1, 0]",
+                           "preferred one) [row 0.ranking]"]),
     "score, bad row": (["score", "/nonexistent", "--input", "FILE"], json.dumps({"prompt": "p", "response": ["x"]}),
                        ["content.list[tagged-union[TextPart,ImagePart,VideoPart]].0",
                         "[type=model_attributes_type, input_value='x', input_type=str]"]),

@@ -85,8 +85,8 @@ def _release_pair(row: dict[str, Any], where: str) -> tuple[str, str, str]:
          "the VL-RewardBench release (id, query, response, human_ranking; or inference_hf.py output's ranking)")
     responses, ranking = list(row["response"]), [int(r) for r in row[field]]
     if len(responses) != 2 or len(ranking) != 2 or sorted(ranking) != [0, 1]:
-        raise InvalidInput(f"{where}: {field} {ranking} does not order the two responses {len(responses)} "
-                           "(expected [0, 1] or [1, 0]: 0 is the preferred one)", field=f"{where}.{field}")
+        raise InvalidInput(f"{where}: {field} {ranking} does not order the two responses ({len(responses)} given; "
+                           "expected [0, 1] or [1, 0]: 0 is the preferred one)", field=f"{where}.{field}")
     best, worst = ranking.index(0), ranking.index(1)
     return row["query"], responses[best], responses[worst]
 
