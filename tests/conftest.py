@@ -129,7 +129,9 @@ def ray_cluster():
 
     Logical CPUs are oversubscribed (the machine has 2 cores): they only decide placement, and each
     replica still runs torch with the threads of its own ``num_cpus``. There must be room for every
-    Serve application the session deploys AND the 2 Ray Train workers, or Ray Train waits forever.
+    Serve application the session deploys AND the 2 Ray Train workers, or Ray Train waits forever
+    (16 ran out once the layouts and reasoning apps came; module-scoped apps now also delete
+    themselves when their tests are done).
     """
     import secrets
 
@@ -138,7 +140,7 @@ def ray_cluster():
     # Ray workers inherit the environment at start-up: that is how the service's token reaches the
     # ingress (auth.token_env), so it is set before the cluster starts.
     os.environ.setdefault(SERVICE_TOKEN_ENV, secrets.token_hex(16))
-    ray.init(num_cpus=16, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
+    ray.init(num_cpus=32, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     yield ray
     from ray import serve
 

@@ -7,6 +7,8 @@ session's Ray cluster and Serve proxy (an extra application next to the ``servic
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from pathlib import Path
 
 import httpx
@@ -51,7 +53,7 @@ def greedy_preset(hf_backend, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reasoning_app(service: dict, greedy_preset: Path, tiny_qwen2_vl: Path) -> str:
+def reasoning_app(service: dict, greedy_preset: Path, tiny_qwen2_vl: Path) -> Iterator[str]:
     from ray import serve
 
     from mmrm.serve.app import build_app
@@ -64,7 +66,8 @@ def reasoning_app(service: dict, greedy_preset: Path, tiny_qwen2_vl: Path) -> st
     url = service["url"] + "/reasoning"
     wait_until(lambda: httpx.get(url + "/healthz", timeout=10).status_code == 200, timeout=120, interval=0.5,
                message="the reasoning app is not routed by the proxy")
-    return url
+    yield url
+    serve.delete("reasoning")  # frees its replicas' CPUs: later tests (Ray Train) need the room
 
 
 def test_v1_judge_with_a_reasoning_preset_equals_in_process(reasoning_app: str, service: dict, hf_backend, greedy_preset: Path) -> None:

@@ -5,6 +5,8 @@ session's shared Ray cluster and Serve instance (tests/conftest.py ``service``).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import httpx
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def layouts_app(service: dict, published: dict) -> str:
+def layouts_app(service: dict, published: dict) -> Iterator[str]:
     from ray import serve
 
     from mmrm.serve.app import build_app
@@ -30,7 +32,8 @@ def layouts_app(service: dict, published: dict) -> str:
     serve.run(build_app(args), name="layouts", route_prefix="/layouts", blocking=False)
     wait_until(lambda: httpx.get(url + "/healthz", timeout=10).status_code == 200, timeout=180, interval=0.5,
                message="the layouts app is not routed by the proxy")
-    return url
+    yield url
+    serve.delete("layouts")  # frees its replicas' CPUs: later tests (Ray Train) need the room
 
 
 ITEMS = [
